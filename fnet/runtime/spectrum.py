@@ -16,7 +16,9 @@ class Spectrum:
     flux, ivar: same length as loglam; flux in the file's units (1e-17 erg/s/cm2/A for SDSS/DESI).
     good: True where the pixel may be used (ivar > 0, finite, not masked by an honoured bit).
     meta: identifiers and positions with upper-case keys (PLATE, MJD, FIBERID, TARGETID, RA, DEC, ...).
-    notes: reader remarks that end up in the catalog message (e.g. "no ivar HDU: unit weights").
+    ivar_known: False when the file carries no inverse variance (e.g. a trimmed spPlate); ivar is then
+        1 on good pixels so weighting is uniform, and S/N is reported as unknown.
+    notes: reader remarks that end up in the catalog message (e.g. "no ivar HDU: uniform weights").
     """
 
     source: str
@@ -27,6 +29,7 @@ class Spectrum:
     good: np.ndarray
     format: str
     meta: dict[str, Any] = field(default_factory=dict)
+    ivar_known: bool = True
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
