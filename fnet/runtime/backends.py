@@ -1,0 +1,202 @@
+"""Inference backends behind one interface: ONNX Runtime (CPU, CUDA, TensorRT EP) and TensorRT engines.
+
+Every backend takes the normalised batch (n, npix) float32 and returns the model's outputs
+by name. Which output means what is the head's business (fnet.runtime.heads), not the backend's.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BackendUnavailable
+from .model_package import ModelPackage
+
+DEVICES = ("auto", "cpu", "cuda", "tensorrt")
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+class Backend(ABC):
+    """Runs a model package on a batch of normalised spectra."""
+
+    name: str = "backend"
+
+    @abstractmethod
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Model outputs (float32 numpy arrays by output name) for input x of shape (n, npix)."""
+
+    def describe(self) -> str:
+        """Human-readable backend description for logs and catalog headers."""
+        return self.name
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime session with a chosen list of execution providers."""
+
+    def __init__(self, package: ModelPackage, providers: list, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = int(threads)
+            options.inter_op_num_threads = 1
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(package.path), options, providers=providers)
+        self.input = self.session.get_inputs()[0]
+        if self.input.name != package.input_name:
+            raise BackendUnavailable(f"{package.path}: graph input is {self.input.name!r}, "
+                                     f"metadata says {package.input_name!r}")
+        self.input_dtype = _ORT_TYPES.get(self.input.type, np.float32)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.providers = self.session.get_providers()
+        self.name = "onnxruntime[" + ",".join(p.replace("ExecutionProvider", "") for p in self.providers) + "]"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the session on (n, npix) input, adding the channel axis the network expects."""
+        feed = {self.input.name: np.ascontiguousarray(x[:, None, :], dtype=self.input_dtype)}
+        outs = self.session.run(self.output_names, feed)
+        return {name: np.asarray(o, dtype=np.float32) for name, o in zip(self.output_names, outs)}
+
+
+class TensorRTEngineBackend(Backend):
+    """A serialized TensorRT engine run through the tensorrt Python API and the CUDA runtime library."""
+
+    def __init__(self, package: ModelPackage):
+        try:
+            import tensorrt as trt
+        except ImportError:
+            raise BackendUnavailable(f"{package.path}: a TensorRT engine needs the tensorrt package "
+                                     "(pip install 'fnet-qso[gpu]') and an NVIDIA GPU") from None
+        self._cuda = _CudaRuntime()
+        logger = trt.Logger(trt.Logger.WARNING)
+        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(package.path).read_bytes())
+        if self.engine is None:
+            raise BackendUnavailable(f"{package.path}: TensorRT could not deserialize the engine "
+                                     "(built for another TensorRT version or GPU?)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_name = package.input_name
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self._trt = trt
+        self.name = f"tensorrt-engine[{trt.__version__}]"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Copy the batch to the GPU, execute the engine, copy every output back."""
+        trt, cuda = self._trt, self._cuda
+        host_in = np.ascontiguousarray(x[:, None, :], dtype=np.float32)
+        self.context.set_input_shape(self.input_name, host_in.shape)
+        buffers, outputs = [], {}
+        try:
+            d_in = cuda.malloc(host_in.nbytes)
+            buffers.append(d_in)
+            cuda.to_device(d_in, host_in)
+            self.context.set_tensor_address(self.input_name, d_in)
+            for name in self.output_names:
+                shape = tuple(self.context.get_tensor_shape(name))
+                dtype = trt.nptype(self.engine.get_tensor_dtype(name))
+                outputs[name] = np.empty(shape, dtype=dtype)
+                d_out = cuda.malloc(outputs[name].nbytes)
+                buffers.append(d_out)
+                self.context.set_tensor_address(name, d_out)
+            if not self.context.execute_async_v3(0):
+                raise RuntimeError("TensorRT execution failed")
+            cuda.synchronize()
+            for name, d_out in zip(self.output_names, buffers[1:]):
+                cuda.from_device(outputs[name], d_out)
+        finally:
+            for ptr in buffers:
+                cuda.free(ptr)
+        return {k: v.astype(np.float32) for k, v in outputs.items()}
+
+
+class _CudaRuntime:
+    """The few libcudart calls an engine needs, through ctypes (no pycuda/cuda-python dependency)."""
+
+    _H2D, _D2H = 1, 2
+
+    def __init__(self):
+        lib = None
+        for name in ("libcudart.so", "libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0"):
+            try:
+                lib = ctypes.CDLL(name)
+                break
+            except OSError:
+                continue
+        if lib is None:
+            raise BackendUnavailable("CUDA runtime library (libcudart) not found: a TensorRT engine needs a GPU")
+        self.lib = lib
+
+    def _check(self, status: int, what: str) -> None:
+        if status != 0:
+            raise RuntimeError(f"CUDA {what} failed with error {status}")
+
+    def malloc(self, nbytes: int) -> int:
+        ptr = ctypes.c_void_p()
+        self._check(self.lib.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(max(nbytes, 1))), "cudaMalloc")
+        return ptr.value
+
+    def free(self, ptr: int) -> None:
+        self.lib.cudaFree(ctypes.c_void_p(ptr))
+
+    def to_device(self, dst: int, src: np.ndarray) -> None:
+        self._check(self.lib.cudaMemcpy(ctypes.c_void_p(dst), src.ctypes.data_as(ctypes.c_void_p),
+                                        ctypes.c_size_t(src.nbytes), self._H2D), "cudaMemcpy H2D")
+
+    def from_device(self, dst: np.ndarray, src: int) -> None:
+        self._check(self.lib.cudaMemcpy(dst.ctypes.data_as(ctypes.c_void_p), ctypes.c_void_p(src),
+                                        ctypes.c_size_t(dst.nbytes), self._D2H), "cudaMemcpy D2H")
+
+    def synchronize(self) -> None:
+        self._check(self.lib.cudaDeviceSynchronize(), "cudaDeviceSynchronize")
+
+
+def available_providers() -> list[str]:
+    """Execution providers this onnxruntime build offers."""
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def open_backend(package: ModelPackage, device: str = "auto", threads: int | None = None) -> Backend:
+    """The backend for a device choice: auto picks an engine's TensorRT, else CUDA when present, else CPU."""
+    if device not in DEVICES:
+        raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if package.is_engine:
+        if device not in ("auto", "tensorrt"):
+            raise BackendUnavailable(f"{package.path} is a TensorRT engine; it runs only with --device tensorrt/auto")
+        return TensorRTEngineBackend(package)
+    have = available_providers()
+    if device == "cpu":
+        return OnnxRuntimeBackend(package, ["CPUExecutionProvider"], threads)
+    if device == "cuda":
+        if "CUDAExecutionProvider" not in have:
+            raise BackendUnavailable("--device cuda: this onnxruntime has no CUDAExecutionProvider "
+                                     "(pip install 'fnet-qso[gpu]' on a machine with an NVIDIA GPU)")
+        return _checked(OnnxRuntimeBackend(package, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads),
+                        "CUDAExecutionProvider")
+    if device == "tensorrt":
+        if "TensorrtExecutionProvider" not in have:
+            raise BackendUnavailable("--device tensorrt: this onnxruntime has no TensorrtExecutionProvider "
+                                     "(pip install 'fnet-qso[gpu]'), or pass a .engine built by fnet-export")
+        return _checked(OnnxRuntimeBackend(package, ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                     "CPUExecutionProvider"], threads), "TensorrtExecutionProvider")
+    # auto: CUDA when the build has it and a GPU answers; TensorRT EP only on request (long first build).
+    if "CUDAExecutionProvider" in have:
+        try:
+            backend = OnnxRuntimeBackend(package, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads)
+            if "CUDAExecutionProvider" in backend.providers:
+                return backend
+        except Exception:  # a CUDA build on a machine without a usable GPU: fall back quietly to CPU
+            pass
+    return OnnxRuntimeBackend(package, ["CPUExecutionProvider"], threads)
+
+
+def _checked(backend: OnnxRuntimeBackend, provider: str) -> OnnxRuntimeBackend:
+    """Refuse a session where onnxruntime silently fell back to CPU instead of the requested provider."""
+    if provider not in backend.providers:
+        raise BackendUnavailable(f"{provider} is installed but could not start (no GPU or driver?); "
+                                 f"session providers: {backend.providers}")
+    return backend

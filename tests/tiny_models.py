@@ -1,0 +1,57 @@
+"""Tiny ONNX model packages built with onnx.helper, following the real metadata contract.
+
+The network is a single linear map of the normalised spectrum, so a test can recompute the
+expected outputs with numpy from the runtime's own preprocessing and compare them exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fnet.runtime.grid import Grid
+from fnet.runtime.model_package import build_metadata
+
+PAPER_GRID = Grid(3.5522, 1e-4, 4618)
+
+
+def linear_weights(npix: int, nout: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic weights (npix, nout) and bias (nout,) of the tiny model."""
+    rng = np.random.default_rng(seed)
+    return (rng.normal(0, 1.0 / np.sqrt(npix), size=(npix, nout)).astype(np.float32),
+            rng.normal(0, 0.1, size=nout).astype(np.float32))
+
+
+def make_tiny_model(path: Path, head: dict, grid: Grid = PAPER_GRID,
+                    normalisation: dict | None = None, seed: int = 0, z_range=(0.0, 7.0),
+                    quality: dict | None = None) -> Path:
+    """Write a linear ONNX model package (input 'flux' (N,1,npix)) with the given head."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    normalisation = normalisation or {"scheme": "ivar_unit_norm", "clip": 10.0}
+    nout = 1 if head["kind"] == "regression" else int(head["nbins"])
+    out_name = head.get("output", "z_scaled" if head["kind"] == "regression" else "logits")
+    w, b = linear_weights(grid.npix, nout, seed)
+    nodes = [
+        helper.make_node("Flatten", ["flux"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "W", "B"], [out_name]),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_fnet",
+        [helper.make_tensor_value_info("flux", TensorProto.FLOAT, ["N", 1, grid.npix])],
+        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", nout])],
+        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = build_metadata(model_name="tiny-linear", model_version="0.0-test", architecture="linear-test",
+                          grid=grid, normalisation=normalisation, head=head, z_range=z_range,
+                          quality=quality, training={"note": "test fixture, not trained"})
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
