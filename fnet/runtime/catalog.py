@@ -150,7 +150,14 @@ def read_catalog(path: str | Path):
 
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        return Table.read(path, format="ascii.csv", comment="#")
+        table = Table.read(path, format="ascii.csv", comment="#")
+        with open(path) as fh:  # provenance lines "# KEY = value" written by _write_csv
+            for line in fh:
+                if not line.startswith("# "):
+                    break
+                key, _, value = line[2:].rstrip("\n").partition(" = ")
+                table.meta[key] = value
+        return table
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq  # astropy's parquet reader needs pandas; pyarrow alone suffices
 
@@ -158,4 +165,4 @@ def read_catalog(path: str | Path):
         out = Table({name: table.column(name).to_numpy(zero_copy_only=False) for name in table.column_names})
         out.meta.update({k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()})
         return out
-    return Table.read(path, hdu="FNET")
+    return Table.read(path, hdu="FNET", mask_invalid=False)  # NaN stays NaN, as written
