@@ -81,9 +81,16 @@ class TensorRTEngineBackend(Backend):
         self.input_name = package.input_name
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self._trt = trt
+        # The optimisation profile fixes the largest batch; bigger batches are run in slices.
+        self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
         self.name = f"tensorrt-engine[{trt.__version__}]"
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Run the engine, in slices of at most the profile's largest batch."""
+        parts = [self._run_slice(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def _run_slice(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Copy the batch to the GPU, execute the engine, copy every output back."""
         trt, cuda = self._trt, self._cuda
         host_in = np.ascontiguousarray(x[:, None, :], dtype=np.float32)

@@ -1,0 +1,134 @@
+"""Export a trained FNet to an ONNX model package (FP32 or FP16), checked for Δv parity before it is written.
+
+FP16 keeps float32 input/output (Cast nodes at the boundaries) so the runtime feeds the same
+arrays to every package; only the weights and the arithmetic inside the graph are half precision.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..runtime.backends import OnnxRuntimeBackend
+from ..runtime.grid import Grid
+from ..runtime.model_package import ModelPackage, build_metadata
+from .parity import TOLERANCES, ParityReport, compare_outputs, run_in_batches
+
+PRECISIONS = ("fp32", "fp16")
+OPSET = 17
+
+
+class ExportParityError(RuntimeError):
+    """The exported artefact's redshifts differ from the reference beyond tolerance; nothing was written."""
+
+    def __init__(self, path: Path, report: ParityReport):
+        self.report = report
+        super().__init__(f"{path}: not written, {report.summary()} (tolerance {report.tolerance})")
+
+
+@dataclass
+class PackageInfo:
+    """What a model package says about itself besides the graph (from the training checkpoint)."""
+
+    model_name: str
+    model_version: str
+    architecture: str
+    grid: Grid
+    normalisation: dict
+    head: dict
+    z_range: tuple[float, float]
+    quality: dict | None = None
+    training: dict = field(default_factory=dict)
+
+    def metadata(self, precision: str, parity: dict | None = None) -> dict[str, str]:
+        """metadata_props for this package at the given precision."""
+        return build_metadata(model_name=self.model_name, model_version=self.model_version,
+                              architecture=self.architecture, grid=self.grid, normalisation=self.normalisation,
+                              head=self.head, z_range=self.z_range, quality=self.quality, training=self.training,
+                              parity=parity, extra={"fnet.precision": precision})
+
+
+class _HalfPrecision(nn.Module):
+    """Run the wrapped network in float16 while keeping float32 input and output."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.half()).float()
+
+
+def torch_reference(model: nn.Module):
+    """A backend-like callable: (n, npix) numpy -> {output name: numpy} from the float32 torch model."""
+    model = model.eval().float()
+
+    def run(x: np.ndarray, output: str) -> dict[str, np.ndarray]:
+        with torch.inference_mode():
+            return {output: model(torch.from_numpy(np.ascontiguousarray(x[:, None, :]))).numpy()}
+    return run
+
+
+def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(str(path))
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(path))
+
+
+def _export_graph(model: nn.Module, path: Path, npix: int, output: str, precision: str) -> None:
+    net = copy.deepcopy(model).eval().float().cpu()
+    if precision == "fp16":
+        net = _HalfPrecision(net.half()).eval()
+    dummy = torch.zeros(2, 1, npix)
+    with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
+        warnings.simplefilter("ignore")
+        torch.onnx.export(net, (dummy,), str(path), input_names=["flux"], output_names=[output],
+                          dynamic_axes={"flux": {0: "batch"}, output: {0: "batch"}}, opset_version=OPSET,
+                          do_constant_folding=True, dynamo=False)
+
+
+def export_onnx(model: nn.Module, info: PackageInfo, out_path: str | Path, parity_x: np.ndarray, *,
+                precision: str = "fp32", tolerance: dict | None = None, force: bool = False,
+                reference_outputs: dict[str, np.ndarray] | None = None, threads: int | None = None) -> ParityReport:
+    """Export, run the file through onnxruntime on parity_x, compare with torch, and write only on PASS."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    output = info.head["output"]
+    tolerance = tolerance or TOLERANCES[precision]
+    if reference_outputs is None:
+        ref_fn = torch_reference(model)
+        reference_outputs = run_in_batches(lambda b: ref_fn(b, output), parity_x)
+
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        _export_graph(model, tmp, info.grid.npix, output, precision)
+        _set_metadata(tmp, info.metadata(precision))
+        package = ModelPackage.from_metadata(tmp, info.metadata(precision))
+        backend = OnnxRuntimeBackend(package, ["CPUExecutionProvider"], threads)
+        candidate = run_in_batches(backend.run, parity_x)
+        report = compare_outputs(reference_outputs, candidate, info.head, reference_name="torch-fp32",
+                                 candidate_name=f"onnxruntime-cpu-{precision}", tolerance=tolerance)
+        if not report.passed and not force:
+            raise ExportParityError(out_path, report)
+        _set_metadata(tmp, info.metadata(precision, parity=report.to_dict()))
+        os.replace(tmp, out_path)
+        return report
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,76 @@
+"""One comparator for every backend pair: decode both outputs to redshift and compare in velocity.
+
+Raw output differences say little (a logit can move without moving the peak); what users care
+about is whether Z changes, so parity is judged on dv = c (z_cand - z_ref) / (1 + z_ref).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..metrics import velocity_offsets
+from ..runtime.heads import decode
+
+# Default tolerances per precision: p99 of |dv| between the two backends, and the largest allowed
+# fraction of spectra whose Z moves by more than 6000 km/s (a changed answer at the paper's first threshold).
+TOLERANCES = {
+    "fp32": {"p99_abs_dv_kms": 1.0, "max_frac_over_6000": 0.0},
+    "fp16": {"p99_abs_dv_kms": 100.0, "max_frac_over_6000": 0.005},
+}
+
+
+@dataclass
+class ParityReport:
+    """How far a candidate backend's redshifts are from the reference's on the same inputs."""
+
+    reference: str
+    candidate: str
+    n_spectra: int
+    max_abs_output_diff: float
+    median_abs_dv_kms: float
+    p99_abs_dv_kms: float
+    max_abs_dv_kms: float
+    frac_over: dict = field(default_factory=dict)  # threshold km/s -> fraction of spectra above it
+    tolerance: dict = field(default_factory=dict)
+    passed: bool = False
+
+    def to_dict(self) -> dict:
+        """JSON-ready form stored in the model package (fnet.parity)."""
+        return asdict(self)
+
+    def summary(self) -> str:
+        """One line for logs."""
+        verdict = "PASS" if self.passed else "FAIL"
+        return (f"parity {verdict}: {self.candidate} vs {self.reference} on {self.n_spectra} spectra: "
+                f"|dv| median {self.median_abs_dv_kms:.3g}, p99 {self.p99_abs_dv_kms:.3g}, "
+                f"max {self.max_abs_dv_kms:.3g} km/s; >6000 km/s: {self.frac_over.get('6000', 0):.2%}; "
+                f"max |output diff| {self.max_abs_output_diff:.3g}")
+
+
+def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], head: dict, *,
+                    reference_name: str, candidate_name: str, tolerance: dict) -> ParityReport:
+    """Decode both output sets with the model's head and compare the redshifts in velocity."""
+    out = head["output"]
+    z_ref = decode(reference, head).z
+    z_cand = decode(candidate, head).z
+    dv = np.abs(velocity_offsets(z_cand, z_ref))
+    diff = float(np.max(np.abs(reference[out].astype(np.float64) - candidate[out].astype(np.float64))))
+    frac = {str(t): float(np.mean(dv > t)) for t in (10, 100, 1000, 6000)}
+    report = ParityReport(reference=reference_name, candidate=candidate_name, n_spectra=int(dv.size),
+                          max_abs_output_diff=diff, median_abs_dv_kms=float(np.median(dv)),
+                          p99_abs_dv_kms=float(np.percentile(dv, 99)), max_abs_dv_kms=float(dv.max()),
+                          frac_over=frac, tolerance=dict(tolerance))
+    report.passed = bool(report.p99_abs_dv_kms <= tolerance["p99_abs_dv_kms"]
+                         and frac["6000"] <= tolerance["max_frac_over_6000"])
+    return report
+
+
+def run_in_batches(fn, x: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Call a backend-like function batch by batch and concatenate its outputs by name."""
+    parts: dict[str, list] = {}
+    for start in range(0, len(x), batch_size):
+        for name, value in fn(x[start:start + batch_size]).items():
+            parts.setdefault(name, []).append(np.asarray(value, dtype=np.float32))
+    return {name: np.concatenate(values) for name, values in parts.items()}
