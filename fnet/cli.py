@@ -104,3 +104,49 @@ def info_command(model):
         value = getattr(package, key)
         if value:
             click.echo(f"{key:<10} {json.dumps(value, indent=2)}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("catalog", type=click.Path(exists=True, dir_okay=False))
+@click.argument("spectra_root", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", "-o", "out_dir", required=True, type=click.Path(file_okay=False), help="dataset folder")
+@click.option("--split", type=click.Choice(["random", "paper"]), default="random", show_default=True,
+              help="paper: DR12Q rows train/val, the other visually inspected DR16Q quasars test")
+@click.option("--dr12q", "dr12q_catalog", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="DR12Q catalog for --split paper")
+@click.option("--z-column", default="auto", show_default=True, help="auto: Z_VI where > 0, else Z")
+@click.option("--loglam-start", type=float, default=3.5522, show_default=True)
+@click.option("--loglam-step", type=float, default=1e-4, show_default=True, help="4e-4 for the lite4x models")
+@click.option("--npix", type=int, default=4618, show_default=True, help="1155 for the lite4x models")
+@click.option("--normalisation", type=click.Choice(["ivar_unit_norm", "zscore_minmax"]), default="ivar_unit_norm",
+              show_default=True)
+@click.option("--shard-size", type=click.IntRange(1), default=4096, show_default=True)
+@click.option("--processes", type=click.IntRange(1), default=None, help="[default: all cores]")
+@click.option("--limit", type=click.IntRange(1), default=None, help="only the first N catalog rows (trial runs)")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", "-q", is_flag=True)
+def build_dataset_command(catalog, spectra_root, out_dir, split, dr12q_catalog, z_column, loglam_start, loglam_step,
+                          npix, normalisation, shard_size, processes, limit, seed, quiet):
+    """Build sharded, memory-mapped training arrays from a DR12Q/DR16Q-style CATALOG and spectra folders.
+
+    Resumable: re-running skips finished shards. Rows that cannot be built are listed in failures.csv.
+    """
+    from .train.dataset_builder import build_dataset
+
+    if split == "paper" and not dr12q_catalog:
+        _fail_usage("--split paper needs --dr12q CATALOG")
+    norm = {"scheme": normalisation, "clip": 10.0} if normalisation == "ivar_unit_norm" else {"scheme": normalisation}
+    manifest = build_dataset(catalog, list(spectra_root), out_dir,
+                             grid={"loglam_start": loglam_start, "loglam_step": loglam_step, "npix": npix},
+                             normalisation=norm, z_column=z_column, split=split, dr12q_catalog=dr12q_catalog,
+                             shard_size=shard_size, processes=processes, limit=limit, seed=seed,
+                             progress=not quiet and sys.stderr.isatty())
+    click.echo(f"fnet-build-dataset: {out_dir}: {manifest['n_built']} spectra built, {manifest['n_failed']} failed "
+               f"{json_dumps(manifest['failures'])} (listed in {manifest['failures_file']})", err=True)
+
+
+def json_dumps(value) -> str:
+    """Compact JSON for one-line summaries."""
+    import json
+
+    return json.dumps(value, separators=(",", ":"), default=str)
