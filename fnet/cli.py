@@ -178,3 +178,104 @@ def simulate_command(out_dir, n, seed, source, data_dir, z_min, z_max, z_dist):
     final = out / "truth.fits"
     shutil.move(str(truth), final)  # keep the spectra folder spectra-only, so fnet-run can take it whole
     click.echo(f"fnet-simulate: {n} spectra in {out / 'spectra'}, truth catalog {final}", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="override a config value, e.g. --set optim.lr=1e-3 --set train.epochs=20 (repeatable)")
+def train_command(config, overrides):
+    """Train an FNet model from a YAML CONFIG (see configs/); resumes from the run's last checkpoint.
+
+    Examples: configs/paper.yaml (the paper, GPU), configs/lite4x_zbins.yaml (about 1 h on 2 CPU cores),
+    configs/smoke.yaml (seconds).
+    """
+    from .train.loop import train
+
+    try:
+        result = train(config, list(overrides))
+    except (ValueError, KeyError, FileNotFoundError) as exc:
+        _fail_usage(str(exc))
+    click.echo(f"fnet-train: best {result.best_metric} = {result.best_value:.4g} at epoch {result.best_epoch}; "
+               f"checkpoints in {result.checkpoint_dir}", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.option("--out-dir", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--name", default=None, help="model name [default: the training run's name]")
+@click.option("--model-version", default="0.1.0", show_default=True)
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp32", "fp16"]),
+              default=("fp32", "fp16"), show_default=True)
+@click.option("--tensorrt", is_flag=True, help="also build TensorRT engines (needs tensorrt and a GPU)")
+@click.option("--max-batch", type=click.IntRange(1), default=256, show_default=True, help="TensorRT profile")
+@click.option("--parity-spectra", multiple=True, help="real spectra (files, folders, globs) for the parity check")
+@click.option("--n-simulated", type=click.IntRange(0), default=256, show_default=True,
+              help="simulated spectra added to the parity set")
+@click.option("--force", is_flag=True, help="write artefacts even when parity fails (the report says FAIL)")
+def export_command(checkpoint, out_dir, name, model_version, precisions, tensorrt, max_batch, parity_spectra,
+                   n_simulated, force):
+    """Export a training CHECKPOINT to ONNX model packages (and TensorRT engines), each parity-checked.
+
+    An artefact whose redshifts differ from PyTorch's beyond tolerance is not written (exit code 1).
+    """
+    from .export.pipeline import export_checkpoint
+
+    if tensorrt:
+        from .export.tensorrt_build import tensorrt_available
+
+        ok, why = tensorrt_available()
+        if not ok:
+            _fail_usage(f"--tensorrt: {why}")
+    results = export_checkpoint(checkpoint, out_dir, precisions=precisions, tensorrt=tensorrt,
+                                parity_spectra=parity_spectra, n_simulated=n_simulated,
+                                model_version=model_version, name=name, force=force, max_batch=max_batch)
+    for res in results:
+        where = res.path if res.path else "NOT WRITTEN"
+        click.echo(f"{res.kind:<14} {where}\n               {res.report.summary() if res.report else res.error}",
+                   err=True)
+    sys.exit(EXIT_SOME_FAILED if any(r.path is None for r in results) else EXIT_OK)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--truth", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="catalog with true redshifts: PLATE/MJD/FIBERID or TARGETID, and Z_VI/Z/Z_TRUE")
+@click.option("--model", "-m", default=None, help="ONNX package [default: embedded model]")
+@click.option("--checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="evaluate a torch training checkpoint instead of an ONNX package")
+@click.option("--z-column", default="auto", show_default=True)
+@click.option("--out-dir", "-o", default="fnet_eval", show_default=True, type=click.Path(file_okay=False))
+@click.option("--variant", "variants", multiple=True,
+              type=click.Choice(["as observed", "lines masked", "S/N halved"]), default=("as observed",),
+              show_default=True, help="repeatable: paper Fig. 6 line masking, halved S/N")
+@click.option("--all-variants", is_flag=True, help="as observed, lines masked and S/N halved")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def eval_command(inputs, truth, model, checkpoint, z_column, out_dir, variants, all_variants, device, seed):
+    """Measure accuracy on spectra with known redshifts: Δv fractions, median |Δv|, per-z table, plots.
+
+    Writes OUT_DIR/report.json and one PNG per variant; prints a summary table.
+    """
+    from . import evaluate as ev
+
+    try:
+        truth_table = ev.read_truth(truth, z_column)
+    except ValueError as exc:
+        _fail_usage(str(exc))
+    spectra, z_true, skipped = ev.collect(list(inputs), truth_table)
+    if not spectra:
+        _fail_usage(f"none of the inputs is listed in {truth} ({len(skipped)} skipped)")
+    if checkpoint:
+        from .train.evaluate_torch import torch_predictor
+
+        predict, info = torch_predictor(checkpoint)
+    else:
+        package_path = model or str(default_model_path())
+        predict, info = ev.onnx_predictor(package_path, device=device)
+    chosen = ("as observed", "lines masked", "S/N halved") if all_variants else variants
+    reports = [ev.evaluate(predict, spectra, z_true, variant=v, seed=seed) for v in chosen]
+    path = ev.write_report(reports, out_dir, info)
+    click.echo(f"{info.get('name', '')} on {len(spectra)} spectra ({len(skipped)} inputs skipped):")
+    click.echo(ev.summary_table(reports))
+    click.echo(f"report: {path}")

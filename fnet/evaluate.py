@@ -118,24 +118,46 @@ def collect(inputs: Sequence[str], truth: Truth) -> tuple[list[Spectrum], np.nda
 Predict = Callable[[list[Spectrum]], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]
 
 
-def onnx_predictor(model_path: str | Path, device: str = "auto", threads: int | None = None,
-                   batch_size: int = 64) -> tuple[Predict, dict]:
-    """Predict through the runtime (reader -> preprocessing -> backend -> head), as fnet-run does."""
-    from .runtime.backends import open_backend
+def make_predict(package, backend, batch_size: int = 64) -> Predict:
+    """Prediction exactly as fnet-run does it (preprocessing, backend, head decoding, ZWARN)."""
     from .runtime.catalog import Catalog
-    from .runtime.model_package import load_model_package
     from .runtime.pipeline import Predictor
 
-    package = load_model_package(model_path)
-    predictor = Predictor(package, open_backend(package, device=device, threads=threads))
+    predictor = Predictor(package, backend)
 
     def predict(spectra: list[Spectrum]):
         catalog = Catalog()
         for start in range(0, len(spectra), batch_size):
             predictor.predict(spectra[start:start + batch_size], catalog)
         return (catalog.column("Z"), catalog.column("Z_ERR"), catalog.column("ZWARN"), catalog.column("COVERAGE"))
-    return predict, {"model": str(model_path), "name": package.name, "version": package.version,
-                     "sha256": package.sha256, "backend": predictor.backend.describe()}
+    return predict
+
+
+def onnx_predictor(model_path: str | Path, device: str = "auto", threads: int | None = None,
+                   batch_size: int = 64) -> tuple[Predict, dict]:
+    """Predict through the runtime with an ONNX package or TensorRT engine."""
+    from .runtime.backends import open_backend
+    from .runtime.model_package import load_model_package
+
+    package = load_model_package(model_path)
+    backend = open_backend(package, device=device, threads=threads)
+    return make_predict(package, backend, batch_size), {
+        "model": str(model_path), "name": package.name, "version": package.version, "sha256": package.sha256,
+        "backend": backend.describe()}
+
+
+def summary_table(reports: list[dict]) -> str:
+    """Plain-text table: one line per variant with the paper's thresholds and 95% intervals."""
+    lines = [f"{'variant':<14}{'n':>5}  {'<6000 km/s':>22}{'<12000':>9}{'<30000':>9}{'median|dv|':>12}{'p68|dv|':>10}"]
+    for rep in reports:
+        f = rep["fractions"]
+        six = f["6000"]
+        med = rep["median_abs_dv"]
+        p68 = rep["p68_abs_dv"]
+        lines.append(f"{rep['variant']:<14}{rep['n']:>5}  {six['fraction']:>7.1%} [{six['lo']:.1%}-{six['hi']:.1%}]"
+                     f"{f['12000']['fraction']:>9.1%}{f['30000']['fraction']:>9.1%}"
+                     f"{(med if med is not None else float('inf')):>12.0f}{(p68 if p68 is not None else float('inf')):>10.0f}")
+    return "\n".join(lines)
 
 
 def evaluate(predict: Predict, spectra: list[Spectrum], z_true: np.ndarray, *, variant: str = "as observed",

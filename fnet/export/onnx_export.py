@@ -7,8 +7,6 @@ arrays to every package; only the weights and the arithmetic inside the graph ar
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..runtime.atomic import atomic_path
 from ..runtime.backends import OnnxRuntimeBackend
 from ..runtime.grid import Grid
 from ..runtime.model_package import ModelPackage, build_metadata
@@ -107,17 +106,13 @@ def export_onnx(model: nn.Module, info: PackageInfo, out_path: str | Path, parit
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     output = info.head["output"]
     tolerance = tolerance or TOLERANCES[precision]
     if reference_outputs is None:
         ref_fn = torch_reference(model)
         reference_outputs = run_in_batches(lambda b: ref_fn(b, output), parity_x)
 
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".part", dir=out_path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
+    with atomic_path(out_path) as tmp:
         _export_graph(model, tmp, info.grid.npix, output, precision)
         _set_metadata(tmp, info.metadata(precision))
         package = ModelPackage.from_metadata(tmp, info.metadata(precision))
@@ -128,7 +123,4 @@ def export_onnx(model: nn.Module, info: PackageInfo, out_path: str | Path, parit
         if not report.passed and not force:
             raise ExportParityError(out_path, report)
         _set_metadata(tmp, info.metadata(precision, parity=report.to_dict()))
-        os.replace(tmp, out_path)
-        return report
-    finally:
-        tmp.unlink(missing_ok=True)
+    return report

@@ -8,11 +8,12 @@ JSON sidecar (`<engine>.json`) because engines cannot carry ONNX metadata_props.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from ..runtime.atomic import atomic_path
+from ..runtime.atomic import atomic_path
 from ..runtime.backends import OnnxRuntimeBackend, TensorRTEngineBackend
 from ..runtime.errors import BackendUnavailable
 from ..runtime.model_package import ModelPackage, engine_sidecar, load_model_package
@@ -63,11 +64,10 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, parity_x: np.nd
         raise RuntimeError(f"{onnx_path}: TensorRT engine build failed (see the TensorRT log above)")
 
     precision = "fp16" if fp16 else "fp32"
-    tmp = engine_path.with_name(f".{engine_path.name}.part")
-    tmp.write_bytes(bytes(serialized))
     sidecar_meta = dict(package.metadata)
     sidecar_meta["fnet.precision"] = precision
-    try:
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(bytes(serialized))
         engine_pkg = ModelPackage.from_metadata(tmp, sidecar_meta)
         candidate = run_in_batches(TensorRTEngineBackend(engine_pkg).run, parity_x, batch_size=min(64, max_batch))
         reference = run_in_batches(OnnxRuntimeBackend(package, ["CPUExecutionProvider"]).run, parity_x)
@@ -78,8 +78,6 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, parity_x: np.nd
         sidecar_meta["fnet.parity"] = json.dumps(report.to_dict())
         sidecar_meta["fnet.tensorrt"] = json.dumps({"version": trt.__version__, "max_batch": max_batch,
                                                     "opt_batch": opt_batch, "source_onnx_sha256": package.sha256})
-        engine_sidecar(engine_path).write_text(json.dumps(sidecar_meta, indent=1))
-        os.replace(tmp, engine_path)
-        return report
-    finally:
-        tmp.unlink(missing_ok=True)
+        with atomic_path(engine_sidecar(engine_path)) as side:
+            side.write_text(json.dumps(sidecar_meta, indent=1))
+    return report

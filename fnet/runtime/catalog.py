@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_path
 from .zwarn import ZWarn
 
 # name -> (numpy dtype, fill value for missing, unit, description). The single source of the schema.
@@ -87,15 +86,8 @@ class Catalog:
                    ".csv": self._write_csv, ".parquet": self._write_parquet}
         if suffix not in writers:
             raise ValueError(f"{path}: unknown catalog format {suffix!r}; use .fits, .csv or .parquet")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        os.close(fd)
-        try:
-            writers[suffix](Path(tmp), gz=suffix == ".fits.gz")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp:
+            writers[suffix](tmp, gz=suffix == ".fits.gz")
         return path
 
     def _write_fits(self, path: Path, gz: bool = False) -> None:

@@ -1,0 +1,103 @@
+"""From a training checkpoint to model packages: the parity set, then ONNX FP32/FP16 and TensorRT engines."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..runtime.grid import Grid
+from ..runtime.pipeline import expand_inputs
+from ..runtime.preprocess import prepare_arrays, prepare_spectra
+from ..runtime.readers import read_spectra
+from ..runtime.errors import SpectrumReadError
+from .onnx_export import ExportParityError, PackageInfo, export_onnx
+from .parity import ParityReport
+
+
+@dataclass
+class ExportResult:
+    """One artefact: where it went (None when parity refused it) and its parity report."""
+
+    kind: str
+    path: Path | None
+    report: ParityReport | None
+    error: str | None = None
+
+
+def parity_inputs(grid: Grid, normalisation: dict, spectra: Sequence[str] = (), n_simulated: int = 256,
+                  seed: int = 12345) -> tuple[np.ndarray, list[str]]:
+    """Network inputs for the parity check: real spectra files (any format) plus simulated quasars."""
+    xs, sources = [], []
+    records = []
+    for item in expand_inputs(list(spectra)):
+        if item.problem:
+            continue
+        try:
+            records.extend(read_spectra(item.path))
+        except SpectrumReadError:
+            continue  # a non-spectrum file in a folder is not the exporter's concern
+    if records:
+        prepared = prepare_spectra(records, grid, normalisation)
+        keep = prepared.good.any(axis=1)
+        xs.append(prepared.x[keep])
+        sources.append(f"{int(keep.sum())} real spectra")
+    if n_simulated:
+        from ..simulate import QuasarSimulator
+
+        batch = QuasarSimulator(source="auto", seed=seed).sample(n_simulated)
+        xs.append(prepare_arrays(batch.loglam, batch.flux, batch.ivar, batch.good, grid, normalisation).x)
+        sources.append(f"{n_simulated} simulated spectra")
+    if not xs:
+        raise ValueError("no parity inputs: give real spectra or a number of simulated ones")
+    return np.concatenate(xs), sources
+
+
+def package_info(meta: dict, model_version: str, name: str | None = None) -> PackageInfo:
+    """PackageInfo from a checkpoint's metadata (what fnet.train.checkpoint.load_model returns)."""
+    training = dict(meta.get("training", {}))
+    training.setdefault("epoch", meta.get("epoch"))
+    training.setdefault("best", meta.get("best"))
+    return PackageInfo(model_name=name or meta.get("name", "fnet"), model_version=model_version,
+                       architecture=meta["arch"], grid=Grid.from_dict(meta["grid"]),
+                       normalisation=dict(meta["normalisation"]), head=dict(meta["head"]),
+                       z_range=tuple(meta["z_range"]), training=training)
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, precisions: Sequence[str] = ("fp32",),
+                      tensorrt: bool = False, parity_spectra: Sequence[str] = (), n_simulated: int = 256,
+                      model_version: str = "0.1.0", name: str | None = None, force: bool = False,
+                      max_batch: int = 256) -> list[ExportResult]:
+    """Export every requested artefact of a checkpoint; each is written only if its parity check passes."""
+    from ..train.checkpoint import load_model
+    from .onnx_export import run_in_batches, torch_reference
+
+    model, meta = load_model(checkpoint)
+    info = package_info(meta, model_version, name)
+    x, sources = parity_inputs(info.grid, info.normalisation, parity_spectra, n_simulated)
+    info.training["parity_inputs"] = sources
+    ref = torch_reference(model)
+    reference = run_in_batches(lambda b: ref(b, info.head["output"]), x)
+    out_dir = Path(out_dir)
+    results = []
+    for precision in precisions:
+        path = out_dir / f"{info.model_name}-{precision}.onnx"
+        try:
+            report = export_onnx(model, info, path, x, precision=precision, force=force, reference_outputs=reference)
+            results.append(ExportResult(f"onnx-{precision}", path, report))
+        except ExportParityError as exc:
+            results.append(ExportResult(f"onnx-{precision}", None, exc.report, str(exc)))
+    if tensorrt:
+        from .tensorrt_build import build_engine
+
+        for res in [r for r in results if r.path is not None]:
+            fp16 = res.kind.endswith("fp16")
+            engine = res.path.with_suffix(".engine")
+            try:
+                report = build_engine(res.path, engine, x, fp16=fp16, max_batch=max_batch, force=force)
+                results.append(ExportResult(f"tensorrt-{'fp16' if fp16 else 'fp32'}", engine, report))
+            except ExportParityError as exc:
+                results.append(ExportResult(f"tensorrt-{'fp16' if fp16 else 'fp32'}", None, exc.report, str(exc)))
+    return results

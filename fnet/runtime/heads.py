@@ -1,0 +1,169 @@
+"""Decode network outputs into z, Z_ERR and P(z) from the head metadata alone (numpy only).
+
+The model package stores the head as JSON under ``fnet.head``; nothing else is needed here:
+
+- regression: ``{"kind": "regression", "output": "z_scaled", "z_min": 0.0, "z_max": 7.0}``.
+  The network emits (N, 1) min-max scaled z; z = z_min + y * (z_max - z_min). Z_ERR is NaN
+  (a point estimate carries no width). The output is not clipped: a value outside [0, 1]
+  is reported as it is, so a catalog shows where the network extrapolates.
+- zbins: ``{"kind": "zbins", "output": "logits", "spacing": "log1p", "z_min": 0.0, "z_max": 7.0,
+  "nbins": K}``. The network emits (N, K) logits over K bins uniform in u = ln(1 + z) between
+  ln(1 + z_min) and ln(1 + z_max); bin k is centred at u_min + (k + 0.5) * du. Uniform bins in
+  ln(1 + z) have a constant width in velocity, c * du (K = 1024 over 0..7: 609 km/s).
+
+zbins decoding (the same code evaluates during training, so training and runtime cannot drift):
+
+- P(z): softmax over bins, the probability mass of each bin (rows sum to 1);
+- z: the posterior's peak (argmax) refined by a parabola through log P at the peak and its two
+  neighbours, in u. This is exact for a posterior Gaussian in u and moves the estimate by at most
+  half a bin; at the first/last bin no refinement is done;
+- Z_ERR: the half-width h (in u) of the smallest window centred on the peak bin that holds 68.27%
+  of the probability, interpolated linearly between whole-bin windows, converted to z as
+  (1 + z) * sinh(h) (the half-width of [u - h, u + h] mapped to z). For a Gaussian of width
+  sigma_u this is ~(1 + z) * sigma_u. A second peak far away widens the window, so a
+  bimodal posterior gets a large Z_ERR, as it should. A posterior inside one bin gives
+  h = 0.68 * du / 2 (mass taken as uniform across the bin): Z_ERR never goes below a third of a bin.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+KINDS = ("regression", "zbins")
+ONE_SIGMA_MASS = 0.6826894921370859  # erf(1 / sqrt(2))
+_CHUNK = 4096  # rows decoded at once: bounds the (rows, K) work arrays
+
+
+@dataclass
+class Decoded:
+    """Decoded redshifts: z (n,), z_err (n,) (NaN for regression), pdf (n, K) bin masses or None."""
+
+    z: np.ndarray
+    z_err: np.ndarray
+    pdf: np.ndarray | None = None
+
+
+def validate_head(head: dict) -> dict:
+    """Check a head dict and return a copy with defaults filled in; raises ValueError when malformed."""
+    if not isinstance(head, dict) or head.get("kind") not in KINDS:
+        raise ValueError(f"head must be a dict with kind in {KINDS}, got {head!r}")
+    h = dict(head)
+    h["z_min"] = float(h.get("z_min", 0.0))
+    h["z_max"] = float(h.get("z_max", 7.0))
+    if not h["z_max"] > h["z_min"] > -1.0:
+        raise ValueError(f"head needs -1 < z_min < z_max, got {h['z_min']}, {h['z_max']}")
+    if h["kind"] == "regression":
+        h.setdefault("output", "z_scaled")
+    else:
+        h.setdefault("output", "logits")
+        h.setdefault("spacing", "log1p")
+        if h["spacing"] != "log1p":
+            raise ValueError(f"zbins spacing {h['spacing']!r} is not supported (only 'log1p')")
+        if int(h.get("nbins", 0)) < 3:
+            raise ValueError(f"zbins head needs nbins >= 3, got {h.get('nbins')!r}")
+        h["nbins"] = int(h["nbins"])
+    return h
+
+
+def _u_range(head: dict) -> tuple[float, float, float]:
+    """u_min, u_max and bin width du for a zbins head."""
+    u_min, u_max = np.log1p(head["z_min"]), np.log1p(head["z_max"])
+    return float(u_min), float(u_max), float((u_max - u_min) / head["nbins"])
+
+
+def bin_centres(head: dict) -> np.ndarray:
+    """Redshift at the centre of each bin of a zbins head, shape (K,)."""
+    head = validate_head(head)
+    if head["kind"] != "zbins":
+        raise ValueError("bin_centres needs a zbins head")
+    u_min, _, du = _u_range(head)
+    return np.expm1(u_min + du * (np.arange(head["nbins"]) + 0.5))
+
+
+def bin_edges(head: dict) -> np.ndarray:
+    """Redshift at the K + 1 bin edges of a zbins head."""
+    head = validate_head(head)
+    u_min, _, du = _u_range(head)
+    return np.expm1(u_min + du * np.arange(head["nbins"] + 1))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64, stable for large logits."""
+    a = np.asarray(logits, dtype=np.float64)
+    a = a - a.max(axis=-1, keepdims=True)
+    e = np.exp(a)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def _pick_output(outputs, head: dict) -> np.ndarray:
+    """The head's output array from a dict of named outputs or a bare array."""
+    if isinstance(outputs, dict):
+        if head["output"] in outputs:
+            return np.asarray(outputs[head["output"]])
+        if len(outputs) == 1:
+            return np.asarray(next(iter(outputs.values())))
+        raise KeyError(f"outputs {sorted(outputs)} do not include the head's {head['output']!r}")
+    return np.asarray(outputs)
+
+
+def _decode_zbins_chunk(p: np.ndarray, u_min: float, du: float) -> tuple[np.ndarray, np.ndarray]:
+    """Peak-refined u and 68% half-width h (in u) for a (n, K) block of bin masses."""
+    n, k = p.shape
+    rows = np.arange(n)
+    peak = p.argmax(axis=1)
+    # Parabola through log P at peak-1, peak, peak+1: vertex offset in bins, |offset| <= 0.5 for a true maximum.
+    lp = np.log(np.maximum(p, 1e-300))
+    inner = (peak > 0) & (peak < k - 1)
+    pc = np.clip(peak, 1, k - 2)
+    l0, l1, l2 = lp[rows, pc - 1], lp[rows, pc], lp[rows, pc + 1]
+    denom = l0 - 2.0 * l1 + l2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        offset = np.where(inner & (denom < 0), 0.5 * (l0 - l2) / denom, 0.0)
+    offset = np.clip(np.nan_to_num(offset), -0.5, 0.5)
+    u = u_min + du * (peak + 0.5 + offset)
+
+    # Mass of the window [peak - w, peak + w] for w = 0..K-1 from the cumulative sum.
+    c = np.concatenate((np.zeros((n, 1)), np.cumsum(p, axis=1)), axis=1)  # c[:, j] = sum p[:, :j]
+    w = np.arange(k)[None, :]
+    hi = np.minimum(peak[:, None] + w + 1, k)
+    lo = np.maximum(peak[:, None] - w, 0)
+    mass = np.take_along_axis(c, hi, axis=1) - np.take_along_axis(c, lo, axis=1)
+    total = c[:, -1:]
+    target = ONE_SIGMA_MASS * total[:, 0]
+    j = np.argmax(mass >= target[:, None] * (1 - 1e-12), axis=1)  # first window reaching 68%
+    m_hi = mass[rows, j]
+    m_lo = np.where(j > 0, mass[rows, np.maximum(j - 1, 0)], 0.0)
+    r_lo = np.where(j > 0, j - 0.5, 0.0)  # half-width in bins of window j-1 (0 for "no window")
+    r_hi = j + 0.5
+    with np.errstate(divide="ignore", invalid="ignore"):
+        frac = np.where(m_hi > m_lo, (target - m_lo) / (m_hi - m_lo), 1.0)
+    h = du * (r_lo + np.clip(frac, 0.0, 1.0) * (r_hi - r_lo))
+    return u, h
+
+
+def decode(outputs: dict[str, np.ndarray] | np.ndarray, head: dict) -> Decoded:
+    """Redshift, its error and (zbins) P(z) from network outputs, following the head metadata."""
+    head = validate_head(head)
+    y = _pick_output(outputs, head).astype(np.float64)
+    if head["kind"] == "regression":
+        y = y.reshape(y.shape[0], -1)
+        if y.shape[1] != 1:
+            raise ValueError(f"regression head expects (n, 1) outputs, got {y.shape}")
+        z = head["z_min"] + y[:, 0] * (head["z_max"] - head["z_min"])
+        return Decoded(z=z, z_err=np.full_like(z, np.nan), pdf=None)
+
+    if y.ndim != 2 or y.shape[1] != head["nbins"]:
+        raise ValueError(f"zbins head with {head['nbins']} bins expects (n, {head['nbins']}) logits, got {y.shape}")
+    u_min, _, du = _u_range(head)
+    pdf = softmax(y)
+    n = y.shape[0]
+    u, h = np.empty(n), np.empty(n)
+    for s in range(0, n, _CHUNK):
+        u[s:s + _CHUNK], h[s:s + _CHUNK] = _decode_zbins_chunk(pdf[s:s + _CHUNK], u_min, du)
+    z = np.expm1(u)
+    z_err = (1.0 + z) * np.sinh(h)
+    bad = ~np.isfinite(y).all(axis=1)  # a NaN logit poisons the softmax: report NaN, never a bin edge
+    z[bad], z_err[bad] = np.nan, np.nan
+    return Decoded(z=z, z_err=z_err, pdf=pdf.astype(np.float32))

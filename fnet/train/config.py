@@ -1,0 +1,264 @@
+"""Training configuration: a YAML file plus dotted overrides, parsed into a dataclass tree.
+
+    cfg = load_config("configs/lite4x_zbins.yaml", ["optim.lr=1e-3", "train.epochs=5"])
+
+Override values are parsed as YAML scalars (``1e-3`` -> float, ``true`` -> bool, ``[1, 2]`` -> list).
+Unknown keys are errors (a typo must not silently train the default). ``head`` and
+``normalisation`` stay plain dicts: they are copied verbatim into the model package and read by
+the runtime, so the training code never reinterprets them. See configs/*.yaml for examples.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from fnet.runtime.grid import Grid
+
+PAPER_GRID = {"loglam_start": 3.5522, "loglam_step": 1e-4, "npix": 4618}  # 3566-10325 A, BOSS 1e-4 dex
+
+
+@dataclass
+class GridCfg:
+    """The model's log-wavelength grid (exported to the model package)."""
+
+    loglam_start: float = PAPER_GRID["loglam_start"]
+    loglam_step: float = PAPER_GRID["loglam_step"]
+    npix: int = PAPER_GRID["npix"]
+
+    def grid(self) -> Grid:
+        """As a runtime Grid."""
+        return Grid(float(self.loglam_start), float(self.loglam_step), int(self.npix))
+
+
+@dataclass
+class DataCfg:
+    """Where training spectra come from.
+
+    source "simulate": ``simulator_class`` ("module:Class") is built per worker as
+    ``Class(**simulator, seed=...)`` and called as ``.sample(n, z=..., z_range=z_range, rng=rng)``.
+    ``z_sampling`` "simulator" leaves z to the simulator (z=None); "uniform" / "log1p" draw z
+    uniformly in z / ln(1+z) here. source "shards": ``shards`` is a dataset directory
+    (fnet-build-dataset output, layout in the fnet.train.data docstring); ``split`` picks its shards.
+    """
+
+    source: str = "simulate"
+    simulator_class: str = "fnet.simulate:QuasarSimulator"
+    simulator: dict = field(default_factory=dict)
+    z_range: tuple[float, float] = (0.0, 7.0)
+    z_sampling: str = "simulator"
+    shards: str | None = None
+    split: str | None = "train"
+    num_workers: int = 0
+    prefetch_factor: int = 2
+
+
+@dataclass
+class LossCfg:
+    """Training-only loss options (not exported)."""
+
+    label_sigma: float = 0.0  # zbins: Gaussian label smoothing width in bins (0 = hard labels)
+
+
+@dataclass
+class OptimCfg:
+    """Adam and gradient clipping."""
+
+    lr: float = 2.4e-4
+    weight_decay: float = 1e-5
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    max_grad_norm: float | None = 1000.0  # the authors' value; None disables clipping
+    warmup_steps: int = 0  # linear lr warm-up over the first optimiser steps (0 = off, the paper)
+
+
+@dataclass
+class ScheduleCfg:
+    """Learning-rate schedule, stepped once per epoch.
+
+    "paper_step": lr x gamma at the epoch fractions in ``milestones`` (paper: 75/85/90 of 100).
+    "plateau": ReduceLROnPlateau on the validation loss (the authors' code: factor 0.2, patience 1).
+    "constant": no change.
+    """
+
+    kind: str = "paper_step"
+    milestones: tuple[float, ...] = (0.75, 0.85, 0.90)
+    gamma: float = 0.1
+    factor: float = 0.2
+    patience: int = 1
+    min_lr: float = 0.0
+    plateau_eps: float = 1e-7
+
+    def milestone_epochs(self, epochs: int) -> list[int]:
+        """Milestones in epochs for a run of `epochs` (the paper's fractions scaled to the run)."""
+        return sorted({max(1, int(round(f * epochs))) for f in self.milestones})
+
+
+@dataclass
+class TrainCfg:
+    """Run length, batch, devices, checkpoints."""
+
+    epochs: int = 100
+    steps_per_epoch: int | None = 1000  # None: one pass over the shards (source "shards" only)
+    batch_size: int = 128
+    seed: int = 1127802826  # the authors' notebook seed
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = True  # autocast + GradScaler on CUDA; ignored on CPU
+    amp_dtype: str = "float16"  # float16 | bfloat16
+    num_threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
+    checkpoint_dir: str = "runs/default"
+    resume: bool | str = False  # True/"auto": resume from checkpoint_dir/last.pt when present; or a path
+    best_metric: str = "median_abs_dv"  # median_abs_dv (lower is better) | frac_6000 (higher is better)
+    progress: bool | None = None  # None: tqdm bars only on a TTY
+    log_every: int = 50
+
+
+@dataclass
+class ValidationCfg:
+    """Validation run after every epoch."""
+
+    n_simulated: int = 2000  # fixed-seed simulated set (0 = none)
+    seed: int = 20240601
+    batch_size: int = 256
+    shards: str | None = None  # optional pre-built dataset (e.g. the same as data.shards) ...
+    shards_split: str | None = "val"  # ... and which split of it validates
+    shards_limit: int | None = None  # at most this many rows of it (None: all)
+    real_dir: str | None = None  # optional directory of real spectra files ...
+    real_catalog: str | None = None  # ... and a truth catalog (PLATE/MJD/FIBERID or TARGETID + Z/Z_VI)
+
+
+@dataclass
+class Config:
+    """The whole training configuration."""
+
+    name: str = "fnet"
+    arch: str = "paper"
+    head: dict = field(default_factory=lambda: {"kind": "regression", "output": "z_scaled", "z_min": 0.0, "z_max": 7.0})
+    grid: GridCfg = field(default_factory=GridCfg)
+    normalisation: dict = field(default_factory=lambda: {"scheme": "zscore_minmax"})
+    data: DataCfg = field(default_factory=DataCfg)
+    loss: LossCfg = field(default_factory=LossCfg)
+    optim: OptimCfg = field(default_factory=OptimCfg)
+    schedule: ScheduleCfg = field(default_factory=ScheduleCfg)
+    train: TrainCfg = field(default_factory=TrainCfg)
+    validation: ValidationCfg = field(default_factory=ValidationCfg)
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (tuples as lists): YAML/JSON-ready, the form stored in checkpoints."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        """Build from a nested dict; unknown keys raise ValueError."""
+        return _build(cls, d, "")
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+def _build(cls: type, d: dict, where: str) -> Any:
+    """Recursively instantiate dataclass `cls` from dict `d`, rejecting unknown keys."""
+    if not isinstance(d, dict):
+        raise ValueError(f"config section {where or '<root>'} must be a mapping, got {type(d).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(d) - set(fields)
+    if unknown:
+        raise ValueError(f"unknown config key(s) {', '.join(sorted(where + k for k in unknown))}; "
+                         f"known in {where or '<root>'}: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in d.items():
+        f = fields[name]
+        sub = _section_type(f)
+        if sub is not None:
+            kwargs[name] = _build(sub, value or {}, f"{where}{name}.")
+        else:
+            kwargs[name] = _coerce(value, str(f.type), f"{where}{name}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, type_str: str, key: str) -> Any:
+    """Numbers given as strings become numbers (PyYAML reads 1e-3, without a dot, as a string)."""
+    if isinstance(value, list) and "tuple" in type_str:
+        scalar = type_str.split("[", 1)[1].split(",")[0].strip("] ") if "[" in type_str else ""
+        return tuple(_coerce(v, scalar, key) for v in value)
+    if isinstance(value, str) and type_str.split(" | ")[0] in ("float", "int"):
+        try:
+            return float(value) if type_str.startswith("float") else int(value)
+        except ValueError:
+            raise ValueError(f"config key {key}: {value!r} is not a number") from None
+    return value
+
+
+def _section_type(f: dataclasses.Field) -> type | None:
+    """The dataclass type of a nested section field, else None."""
+    sections = {"GridCfg": GridCfg, "DataCfg": DataCfg, "LossCfg": LossCfg, "OptimCfg": OptimCfg,
+                "ScheduleCfg": ScheduleCfg, "TrainCfg": TrainCfg, "ValidationCfg": ValidationCfg}
+    return sections.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
+
+
+def apply_overrides(d: dict, overrides: Sequence[str]) -> dict:
+    """Apply "a.b.c=value" overrides to a nested dict in place (values parsed as YAML) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not of the form key.path=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw.strip() else None
+        parts = key.strip().split(".")
+        node = d
+        for p in parts[:-1]:
+            if node.get(p) is None:
+                node[p] = {}
+            node = node[p]
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = value
+    return d
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """Read a YAML config (None: all defaults), apply dotted overrides, validate, return a Config."""
+    d: dict = {}
+    if path is not None:
+        text = Path(path).read_text()
+        d = yaml.safe_load(text) or {}
+        if not isinstance(d, dict):
+            raise ValueError(f"{path}: top level must be a mapping")
+    apply_overrides(d, overrides)
+    cfg = Config.from_dict(d)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that dataclass typing cannot express; raises ValueError."""
+    from .heads import validate_head
+    from .model import ARCHS
+
+    cfg.head = validate_head(cfg.head)
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"arch {cfg.arch!r} unknown; known: {', '.join(ARCHS)}")
+    if cfg.data.source not in ("simulate", "shards"):
+        raise ValueError(f"data.source must be 'simulate' or 'shards', got {cfg.data.source!r}")
+    if cfg.data.source == "shards" and not cfg.data.shards:
+        raise ValueError("data.source 'shards' needs data.shards (a directory)")
+    if cfg.data.z_sampling not in ("simulator", "uniform", "log1p"):
+        raise ValueError(f"data.z_sampling must be simulator|uniform|log1p, got {cfg.data.z_sampling!r}")
+    if cfg.schedule.kind not in ("paper_step", "plateau", "constant"):
+        raise ValueError(f"schedule.kind must be paper_step|plateau|constant, got {cfg.schedule.kind!r}")
+    if cfg.train.best_metric not in ("median_abs_dv", "frac_6000"):
+        raise ValueError(f"train.best_metric must be median_abs_dv|frac_6000, got {cfg.train.best_metric!r}")
+    if cfg.train.steps_per_epoch is None and cfg.data.source != "shards":
+        raise ValueError("train.steps_per_epoch must be set for a simulated (endless) stream")
+    if cfg.loss.label_sigma and cfg.head["kind"] != "zbins":
+        raise ValueError("loss.label_sigma applies to zbins heads only")
+    if cfg.validation.real_dir and not cfg.validation.real_catalog:
+        raise ValueError("validation.real_dir needs validation.real_catalog (true redshifts)")

@@ -1,0 +1,372 @@
+"""The training loop: train(config) -> TrainResult.
+
+Per epoch: train ``steps_per_epoch`` batches (Adam, optional warm-up, gradient clipping, AMP on
+CUDA), validate on every configured set (simulated fixed-seed set, shards, real spectra) by
+decoding the outputs with the runtime's numpy decoder and scoring them with fnet.metrics, step the
+schedule, write ``last.pt`` (+ ``best.pt`` when the primary validation metric improved) and
+``history.json``. The primary validation set is the first of simulated, shards, real that is
+configured; without any, the training loss decides and ``best.pt`` follows ``last.pt``.
+
+Resume (``train.resume``) restarts at the epoch after the last completed one with the model,
+optimiser, schedule, scaler, RNG states, history and best score restored; the data stream is a
+function of (seed, epoch, step), so the resumed run sees the same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import math
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from fnet.metrics import report as metrics_report
+
+from .checkpoint import load_checkpoint, model_metadata, rng_state, save_checkpoint, set_rng_state
+from .config import Config, ScheduleCfg, load_config
+from .data import (ArraySet, EpochBatchSampler, ShardDataset, SimulatedStream, make_loader, real_set, shard_set,
+                   simulated_set)
+from .heads import decode_outputs, head_loss, make_targets
+from .model import build_model, count_macs, count_parameters
+
+log = logging.getLogger("fnet.train")
+
+MAX_BAD_STEPS = 10  # consecutive non-finite losses tolerated under fp16 autocast
+LOWER_IS_BETTER = {"median_abs_dv": True, "frac_6000": False, "loss": True}
+
+
+@dataclass
+class TrainResult:
+    """Where the run's files are and how it went."""
+
+    checkpoint_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path | None
+    best_metric: str
+    best_value: float | None
+    best_epoch: int | None
+    history: list[dict] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" -> cuda when available else cpu; otherwise torch.device(name)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"train.device={name!r} but CUDA is not available")
+    return dev
+
+
+def build_optimizer(model: torch.nn.Module, cfg: Config) -> torch.optim.Optimizer:
+    """Adam with the configured lr / weight decay (the paper's optimiser)."""
+    o = cfg.optim
+    return torch.optim.Adam(model.parameters(), lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, sched: ScheduleCfg, epochs: int):
+    """Per-epoch schedule: paper_step (x gamma at scaled milestones), ReduceLROnPlateau, or constant.
+
+    paper_step is a stateless function of the epoch (LambdaLR), so a run resumed with a different
+    number of epochs follows the milestones of its own length, not those of the interrupted run.
+    """
+    if sched.kind == "paper_step":
+        milestones, gamma = sched.milestone_epochs(epochs), sched.gamma
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: gamma ** bisect.bisect_right(milestones, e))
+    if sched.kind == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=sched.factor,
+                                                          patience=sched.patience, min_lr=sched.min_lr,
+                                                          eps=sched.plateau_eps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+
+
+def _sync_lambda_lr(scheduler, optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """After a resume: base lr from the config, current lr from the schedule at the restored epoch."""
+    if isinstance(scheduler, torch.optim.lr_scheduler.LambdaLR):
+        scheduler.base_lrs = [lr for _ in optimizer.param_groups]
+        for g, fn in zip(optimizer.param_groups, scheduler.lr_lambdas):
+            g["lr"] = lr * fn(scheduler.last_epoch)
+            g["initial_lr"] = lr
+
+
+def _train_loader(cfg: Config, grid, head, pin_memory: bool = False):
+    """(loader, dataset-or-sampler with set_epoch, steps per epoch) for the configured source."""
+    d, t = cfg.data, cfg.train
+    if d.source == "simulate":
+        ds = SimulatedStream(d.simulator_class, d.simulator, grid, cfg.normalisation, head, t.batch_size,
+                             int(t.steps_per_epoch), t.seed, tuple(d.z_range), d.z_sampling, cfg.loss.label_sigma)
+        return make_loader(ds, d.num_workers, prefetch_factor=d.prefetch_factor, pin_memory=pin_memory), ds, len(ds)
+    ds = ShardDataset(d.shards, head, grid, cfg.normalisation, cfg.loss.label_sigma, split=d.split)
+    sampler = EpochBatchSampler(len(ds), t.batch_size, t.seed, t.steps_per_epoch)
+    if len(sampler) == 0:
+        raise ValueError(f"{d.shards}: {len(ds)} rows give no full batch of {t.batch_size}")
+    loader = make_loader(ds, d.num_workers, sampler=sampler, prefetch_factor=d.prefetch_factor, pin_memory=pin_memory)
+    return loader, sampler, len(sampler)
+
+
+def validation_sets(cfg: Config, grid) -> list[ArraySet]:
+    """The configured validation sets, primary first (simulated, shards, real)."""
+    v, d = cfg.validation, cfg.data
+    sets = []
+    if v.n_simulated > 0 and d.source == "simulate":
+        sets.append(simulated_set(d.simulator_class, d.simulator, grid, cfg.normalisation, v.n_simulated, v.seed,
+                                  tuple(d.z_range), "uniform"))
+    if v.shards:
+        sets.append(shard_set(v.shards, grid, cfg.normalisation, cfg.head, v.shards_split, v.shards_limit))
+    if v.real_dir:
+        sets.append(real_set(v.real_dir, v.real_catalog, grid, cfg.normalisation))
+    return sets
+
+
+def _autocast(device: torch.device, cfg: Config):
+    if device.type == "cuda" and cfg.train.amp:
+        return torch.autocast("cuda", dtype=getattr(torch, cfg.train.amp_dtype))
+    return nullcontext()
+
+
+@torch.no_grad()
+def predict_outputs(model: torch.nn.Module, x: np.ndarray, device: torch.device, batch_size: int,
+                    cfg: Config | None = None) -> torch.Tensor:
+    """Raw network outputs (float32, CPU) for x (n, npix), in eval mode."""
+    model.eval()
+    outs = []
+    for s in range(0, len(x), batch_size):
+        xb = torch.from_numpy(np.ascontiguousarray(x[s:s + batch_size], dtype=np.float32))[:, None, :].to(device)
+        with _autocast(device, cfg) if cfg is not None else nullcontext():
+            outs.append(model(xb).float().cpu())
+    return torch.cat(outs) if outs else torch.empty(0)
+
+
+def validate(model: torch.nn.Module, vset: ArraySet, cfg: Config, device: torch.device) -> tuple[dict, dict]:
+    """(summary for the history, full fnet.metrics report) on one validation set."""
+    outputs = predict_outputs(model, vset.x, device, cfg.validation.batch_size, cfg)
+    targets = torch.from_numpy(make_targets(vset.z, cfg.head, cfg.loss.label_sigma))
+    loss = float(head_loss(outputs, targets, cfg.head))
+    dec = decode_outputs(outputs, cfg.head)  # the runtime's decoder: no train/runtime drift
+    rep = metrics_report(dec.z, vset.z, z_err=dec.z_err if cfg.head["kind"] == "zbins" else None)
+    summary = {
+        "n": rep["n"], "loss": loss, "median_abs_dv": rep["median_abs_dv"], "p68_abs_dv": rep["p68_abs_dv"],
+        "catastrophic_rate": rep["catastrophic_rate"],
+        **{f"frac_{k}": v["fraction"] for k, v in rep["fractions"].items()},
+    }
+    cal = rep.get("z_err_calibration") or {}
+    if "within_1_sigma" in cal:
+        summary["z_err_within_1_sigma"] = cal["within_1_sigma"]
+    return summary, rep
+
+
+def _metric_value(summary: dict | None, name: str) -> float:
+    """A comparable number for best-checkpoint selection (None/NaN count as worst)."""
+    v = None if summary is None else summary.get(name)
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return math.inf if LOWER_IS_BETTER[name] else -math.inf
+    return float(v)
+
+
+def _improved(new: float, old: float | None, name: str) -> bool:
+    if old is None:
+        return True
+    return new < old if LOWER_IS_BETTER[name] else new > old
+
+
+def _check_compatible(saved: dict, cfg: Config, path: Path) -> None:
+    """Refuse to resume a checkpoint whose network or input differs from the config's."""
+    for key in ("arch", "head", "grid", "normalisation"):
+        now = cfg.to_dict()[key]
+        if saved.get(key) != now:
+            raise ValueError(f"{path}: cannot resume, {key} differs (checkpoint {saved.get(key)!r}, config {now!r})")
+
+
+def _resume_path(cfg: Config, ckpt_dir: Path) -> Path | None:
+    r = cfg.train.resume
+    if r in (False, None, "", "false", "no"):
+        return None
+    if r in (True, "auto", "true", "yes"):
+        p = ckpt_dir / "last.pt"
+        if p.is_file():
+            return p
+        log.info("resume: no %s yet, starting a new run", p)
+        return None
+    p = Path(str(r))
+    if not p.is_file():
+        raise FileNotFoundError(f"train.resume={r!r}: checkpoint not found")
+    return p
+
+
+def _show_progress(cfg: Config) -> bool:
+    return sys.stderr.isatty() if cfg.train.progress is None else bool(cfg.train.progress)
+
+
+def train(config: Config | str | Path, overrides: tuple[str, ...] | list[str] = ()) -> TrainResult:
+    """Train (or resume) a model as the config says; returns paths, best score and the history."""
+    cfg = config if isinstance(config, Config) else load_config(config, overrides)
+    t = cfg.train
+    if t.num_threads > 0:
+        torch.set_num_threads(t.num_threads)
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)
+    np.random.seed(t.seed % 2**32)
+    grid = cfg.grid.grid()
+    head = cfg.head
+    ckpt_dir = Path(t.checkpoint_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    (ckpt_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+    model = build_model(cfg.arch, head, grid).to(device)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg.schedule, t.epochs)
+    use_scaler = device.type == "cuda" and t.amp and t.amp_dtype == "float16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv kernels
+    loader, epoch_source, steps = _train_loader(cfg, grid, head, pin_memory=device.type == "cuda")
+    vsets = validation_sets(cfg, grid)
+    n_params = count_parameters(model)
+    macs = count_macs(model)
+    log.info("%s: arch %s, %d parameters, %.3g MAC/spectrum, device %s, %d threads, %d steps/epoch of %d",
+             cfg.name, cfg.arch, n_params, macs, device, torch.get_num_threads(), steps, t.batch_size)
+
+    start_epoch, global_step, history = 0, 0, []
+    best: dict[str, Any] = {"metric": t.best_metric, "value": None, "epoch": None}
+    resume = _resume_path(cfg, ckpt_dir)
+    if resume is not None:
+        state = load_checkpoint(resume, device)
+        _check_compatible(state["config"], cfg, resume)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        _sync_lambda_lr(scheduler, optimizer, cfg.optim.lr)
+        if state.get("scaler") and use_scaler:
+            scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
+        history, best = list(state.get("history", [])), dict(state.get("best", best))
+        log.info("resumed from %s at epoch %d", resume, start_epoch)
+
+    show = _show_progress(cfg)
+    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
+    for epoch in range(start_epoch, t.epochs):
+        epoch_source.set_epoch(epoch)
+        model.train()
+        t0 = time.perf_counter()
+        wait = 0.0
+        loss_sum, n_seen, n_batches, bad_steps = 0.0, 0, 0, 0
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show, leave=False,
+                   dynamic_ncols=True)
+        t_wait = time.perf_counter()
+        for x, target, _z in loader:
+            wait += time.perf_counter() - t_wait
+            x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            with _autocast(device, cfg):
+                out = model(x)
+            loss = head_loss(out, target, head)
+            if not torch.isfinite(loss):
+                # fp16 activations can overflow now and then: skip that batch (GradScaler backs off on its
+                # own for gradients); in fp32, or when it keeps happening, the run has diverged.
+                bad_steps += 1
+                if not use_scaler or bad_steps > MAX_BAD_STEPS:
+                    raise FloatingPointError(f"epoch {epoch + 1} step {n_batches}: loss is {loss.item()}")
+                log.warning("epoch %d step %d: non-finite loss under fp16 autocast, batch skipped", epoch + 1, n_batches)
+                t_wait = time.perf_counter()
+                continue
+            bad_steps = 0
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.optim.max_grad_norm:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+            warm = min(1.0, (global_step + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps else 1.0
+            scheduled = [g["lr"] for g in optimizer.param_groups]
+            if warm < 1.0:  # scale around the step only, so the schedule never sees warm-up lrs
+                for g in optimizer.param_groups:
+                    g["lr"] *= warm
+            scaler.step(optimizer)
+            scaler.update()
+            for g, lr in zip(optimizer.param_groups, scheduled):
+                g["lr"] = lr
+            global_step += 1
+            n_batches += 1
+            n_seen += x.shape[0]
+            loss_sum += loss.item() * x.shape[0]
+            bar.update(1)
+            if show and n_batches % max(1, t.log_every // 5) == 0:
+                bar.set_postfix(loss=f"{loss_sum / n_seen:.4g}")
+            t_wait = time.perf_counter()
+        bar.close()
+        train_time = time.perf_counter() - t0
+        train_loss = loss_sum / max(n_seen, 1)
+
+        tv = time.perf_counter()
+        val_summaries, full_reports = {}, {}
+        for vs in vsets:
+            val_summaries[vs.name], full_reports[vs.name] = validate(model, vs, cfg, device)
+        val_time = time.perf_counter() - tv
+        primary = val_summaries[vsets[0].name] if vsets else None
+
+        lr_used = optimizer.param_groups[0]["lr"]
+        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            scheduler.step(primary["loss"] if primary else train_loss)  # the authors step on validation loss
+        else:
+            scheduler.step()
+
+        record = {
+            "epoch": epoch + 1, "global_step": global_step, "lr": lr_used, "train_loss": train_loss,
+            "train_spectra": n_seen, "train_time_s": train_time, "data_wait_s": wait,
+            "throughput_spectra_per_s": n_seen / train_time if train_time > 0 else None,
+            "val_time_s": val_time, "val": val_summaries, "device": str(device), "threads": torch.get_num_threads(),
+        }
+        history.append(record)
+        value = _metric_value(primary, t.best_metric) if primary else train_loss
+        is_best = _improved(value, best["value"], t.best_metric if primary else "loss")
+        if is_best:
+            best = {"metric": t.best_metric if primary else "train_loss", "value": value, "epoch": epoch + 1}
+        record["best"] = is_best
+
+        training_info = {"epochs": epoch + 1, "seed": t.seed, "global_step": global_step, "best": best,
+                         "validation": val_summaries, "params": n_params, "macs": macs,
+                         "data": cfg.to_dict()["data"]}
+        state = {
+            "epoch": epoch + 1, "global_step": global_step, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if use_scaler else None, "config": cfg.to_dict(),
+            "metadata": model_metadata(cfg.to_dict(), training_info), "rng": rng_state(),
+            "history": history, "best": best,
+        }
+        save_checkpoint(last_path, state)
+        if is_best:
+            save_checkpoint(best_path, state)
+        (ckpt_dir / "history.json").write_text(json.dumps(_finite(history), indent=1))
+        if full_reports:
+            (ckpt_dir / "val_report.json").write_text(json.dumps({"epoch": epoch + 1, **full_reports}, indent=1))
+        msg = (f"epoch {epoch + 1}/{t.epochs} loss {train_loss:.4g} lr {lr_used:.3g} "
+               f"{record['throughput_spectra_per_s']:.1f} spectra/s")
+        if primary:
+            msg += (f" | {vsets[0].name}: loss {primary['loss']:.4g} median|dv| {primary['median_abs_dv']} km/s "
+                    f"<6000: {primary.get('frac_6000')}")
+        log.info(msg)
+        if show:
+            tqdm.write(msg)
+
+    return TrainResult(ckpt_dir, last_path, best_path if best_path.exists() else None, best["metric"],
+                       best["value"], best["epoch"], history)
+
+
+def _finite(obj: Any) -> Any:
+    """JSON-safe copy: NaN/inf floats become None."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
