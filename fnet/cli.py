@@ -181,14 +181,14 @@ def simulate_command(out_dir, n, seed, source, data_dir, z_min, z_max, z_dist):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("config", type=click.Path(exists=True, dir_okay=False))
+@click.argument("config")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a config value, e.g. --set optim.lr=1e-3 --set train.epochs=20 (repeatable)")
 def train_command(config, overrides):
-    """Train an FNet model from a YAML CONFIG (see configs/); resumes from the run's last checkpoint.
+    """Train a model from a YAML CONFIG file or a shipped config name; resumes from the run's last checkpoint.
 
-    Examples: configs/paper.yaml (the paper, GPU), configs/lite4x_zbins.yaml (about 1 h on 2 CPU cores),
-    configs/smoke.yaml (seconds).
+    Shipped configs (fnet/configs): paper (the paper, a GPU job), paper_zbins, lite4x_zbins and
+    lite4x_regression (about 1 h on 2 CPU cores), default_model (the embedded model's recipe), smoke (seconds).
     """
     from .train.loop import train
 
@@ -196,7 +196,8 @@ def train_command(config, overrides):
         result = train(config, list(overrides))
     except (ValueError, KeyError, FileNotFoundError) as exc:
         _fail_usage(str(exc))
-    click.echo(f"fnet-train: best {result.best_metric} = {result.best_value:.4g} at epoch {result.best_epoch}; "
+    best = "n/a" if result.best_value is None else f"{result.best_value:.4g}"
+    click.echo(f"fnet-train: best {result.best_metric} = {best} at epoch {result.best_epoch}; "
                f"checkpoints in {result.checkpoint_dir}", err=True)
 
 
@@ -279,3 +280,23 @@ def eval_command(inputs, truth, model, checkpoint, z_column, out_dir, variants, 
     click.echo(f"{info.get('name', '')} on {len(spectra)} spectra ({len(skipped)} inputs skipped):")
     click.echo(ev.summary_table(reports))
     click.echo(f"report: {path}")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("dr16q", type=click.Path(exists=True, dir_okay=False))
+@click.argument("spectra_root", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--dr12q", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="DR12Q catalog: enables the paper's split (DR12Q train/val, later DR16Q VI quasars test)")
+@click.option("--work", "work_dir", default="runs/paper-dr16q", show_default=True, type=click.Path(file_okay=False))
+@click.option("--config", default="paper", show_default=True, help="config file or shipped name")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="config overrides (repeatable)")
+@click.option("--processes", type=click.IntRange(1), default=None, help="dataset build processes [default: all]")
+@click.option("--limit", type=click.IntRange(1), default=None, help="only the first N catalog rows (trial runs)")
+@click.option("--no-export", is_flag=True)
+def reproduce_command(dr16q, spectra_root, dr12q, work_dir, config, overrides, processes, limit, no_export):
+    """Reproduce the paper from DR16Q: build the dataset, train, report on the test split, export. Resumable."""
+    from .train.reproduce import reproduce_paper
+
+    summary = reproduce_paper(dr16q, spectra_root, work_dir, dr12q=dr12q, config=config, overrides=overrides,
+                              processes=processes, limit=limit, export=not no_export)
+    click.echo(json_dumps(summary))

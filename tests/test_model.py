@@ -252,3 +252,13 @@ def test_training_decode_is_the_runtime_decode():
     b = decode({"logits": logits.numpy()}, head)
     np.testing.assert_array_equal(a.z, b.z)
     np.testing.assert_array_equal(a.z_err, b.z_err)
+
+
+def test_pooled4x_sizes_and_shapes(one_thread):
+    model = build_model("pooled4x", zbins(1024), LITE_GRID)
+    assert count_parameters(model) == 1_043_664  # documented in fnet/configs/default_model.yaml and docs/models.md
+    assert abs(count_macs(model) / 1e6 - 36.2) < 0.1
+    out = model.eval()(torch.zeros(3, 1, LITE_GRID.npix))
+    assert out.shape == (3, 1024)
+    with pytest.raises(ValueError, match="sized for loglam_step"):
+        build_model("pooled4x", zbins(64), PAPER_GRID)

@@ -1,7 +1,7 @@
 """PyTorch training for FNet: model family, heads, config, data streams, training loop, checkpoints.
 
     from fnet.train import load_config, train, load_model
-    result = train(load_config("configs/lite4x_zbins.yaml", ["train.epochs=2"]))
+    result = train(load_config("lite4x_zbins", ["train.epochs=2"]))
     model, metadata = load_model(result.best_checkpoint)
 
 The runtime (fnet.runtime) never imports this package; a trained model reaches it only through the

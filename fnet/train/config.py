@@ -1,11 +1,11 @@
 """Training configuration: a YAML file plus dotted overrides, parsed into a dataclass tree.
 
-    cfg = load_config("configs/lite4x_zbins.yaml", ["optim.lr=1e-3", "train.epochs=5"])
+    cfg = load_config("lite4x_zbins", ["optim.lr=1e-3", "train.epochs=5"])
 
 Override values are parsed as YAML scalars (``1e-3`` -> float, ``true`` -> bool, ``[1, 2]`` -> list).
 Unknown keys are errors (a typo must not silently train the default). ``head`` and
 ``normalisation`` stay plain dicts: they are copied verbatim into the model package and read by
-the runtime, so the training code never reinterprets them. See configs/*.yaml for examples.
+the runtime, so the training code never reinterprets them. See fnet/configs/*.yaml (load them by name, e.g. "paper").
 """
 
 from __future__ import annotations
@@ -224,10 +224,26 @@ def apply_overrides(d: dict, overrides: Sequence[str]) -> dict:
     return d
 
 
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A config file path, or the name of a shipped config ("paper", "lite4x_zbins", ...) in fnet/configs."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    shipped = CONFIG_DIR / (p.name if p.suffix == ".yaml" else p.name + ".yaml")
+    if shipped.is_file():
+        return shipped
+    known = ", ".join(sorted(c.stem for c in CONFIG_DIR.glob("*.yaml")))
+    raise FileNotFoundError(f"{path}: config not found (shipped configs: {known})")
+
+
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
     """Read a YAML config (None: all defaults), apply dotted overrides, validate, return a Config."""
     d: dict = {}
     if path is not None:
+        path = resolve_config(path)
         text = Path(path).read_text()
         d = yaml.safe_load(text) or {}
         if not isinstance(d, dict):
@@ -241,11 +257,11 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -
 def validate(cfg: Config) -> None:
     """Cross-field checks that dataclass typing cannot express; raises ValueError."""
     from .heads import validate_head
-    from .model import ARCHS
+    from .model import ARCHS, POOLED
 
     cfg.head = validate_head(cfg.head)
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"arch {cfg.arch!r} unknown; known: {', '.join(ARCHS)}")
+    if cfg.arch not in ARCHS and cfg.arch not in POOLED:
+        raise ValueError(f"arch {cfg.arch!r} unknown; known: {', '.join(list(ARCHS) + list(POOLED))}")
     if cfg.data.source not in ("simulate", "shards"):
         raise ValueError(f"data.source must be 'simulate' or 'shards', got {cfg.data.source!r}")
     if cfg.data.source == "shards" and not cfg.data.shards:
