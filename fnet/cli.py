@@ -63,18 +63,25 @@ def run_command(inputs, model, output, batch_size, device, threads, read_workers
     from .runtime.errors import BackendUnavailable
     from .runtime.pipeline import run_catalog
 
+    from .runtime.catalog import check_output_path
+
+    try:  # refuse an unwritable output before hours of work, not after
+        suffix = check_output_path(output)
+    except ValueError as exc:
+        _fail_usage(str(exc))
     package = _load_package(model)
+    if save_pdf and package.head["kind"] != "zbins":
+        _fail_usage(f"--save-pdf: {package.path} has a {package.head['kind']} head, which gives no P(z)")
+    if save_pdf and not suffix.startswith(".fit"):
+        _fail_usage(f"--save-pdf: P(z) is stored as FITS HDUs; write a .fits catalog, not {suffix}")
     try:
         backend = open_backend(package, device=device, threads=threads)
     except BackendUnavailable as exc:
         _fail_usage(str(exc))
     show_bar = (sys.stderr.isatty() if progress is None else progress) and not quiet
-    try:
-        catalog, summary = run_catalog(list(inputs), package, backend, batch_size=batch_size,
-                                       read_workers=read_workers, progress=show_bar, keep_pdf=save_pdf)
-        written = catalog.write(output)
-    except ValueError as exc:  # e.g. unknown output extension, missing pyarrow
-        _fail_usage(str(exc))
+    catalog, summary = run_catalog(list(inputs), package, backend, batch_size=batch_size, read_workers=read_workers,
+                                   progress=show_bar, keep_pdf=save_pdf, exclude=[output])
+    written = catalog.write(output)
     if not quiet:
         for row in catalog.rows:
             if row["STATUS"] != "ok":
@@ -235,7 +242,8 @@ def export_command(checkpoint, out_dir, name, model_version, precisions, tensorr
         where = res.path if res.path else "NOT WRITTEN"
         click.echo(f"{res.kind:<14} {where}\n               {res.report.summary() if res.report else res.error}",
                    err=True)
-    sys.exit(EXIT_SOME_FAILED if any(r.path is None for r in results) else EXIT_OK)
+    failed = any(r.path is None or (r.report is not None and not r.report.passed) for r in results)
+    sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

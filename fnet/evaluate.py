@@ -52,16 +52,26 @@ def read_truth(path: str | Path, z_column: str = "auto") -> Truth:
     table = Table.read(path)
     names = {n.upper(): n for n in table.colnames}
     if z_column == "auto":
-        z_column = next((names[c] for c in ("Z_VI", "Z", "Z_TRUE") if c in names), None)
-        if z_column is None:
+        if "Z" not in names and "Z_VI" not in names and "Z_TRUE" not in names:
             raise ValueError(f"{path}: no redshift column (looked for Z_VI, Z, Z_TRUE); pass --z-column")
-    z = np.asarray(table[z_column], dtype=np.float64)
+        # DR12Q/DR16Q: Z_VI where a person inspected the spectrum (> 0), else the catalog's Z (as the dataset builder)
+        base = names.get("Z", names.get("Z_TRUE"))
+        z = np.asarray(table[base], dtype=np.float64) if base else np.full(len(table), np.nan)
+        if "Z_VI" in names:
+            zvi = np.asarray(table[names["Z_VI"]], dtype=np.float64)
+            z = np.where(np.isfinite(zvi) & (zvi > 0), zvi, z)
+    else:
+        if z_column.upper() not in names:
+            raise ValueError(f"{path}: no column {z_column!r}")
+        z = np.asarray(table[names[z_column.upper()]], dtype=np.float64)
+    usable = np.isfinite(z) & (z > -0.5)  # -1 and NaN mean "no redshift" in SDSS catalogs
     by_pmf, by_tid = {}, {}
     if all(c in names for c in ("PLATE", "MJD", "FIBERID")):
-        for p, mj, f, zz in zip(table[names["PLATE"]], table[names["MJD"]], table[names["FIBERID"]], z):
-            by_pmf[(int(p), int(mj), int(f))] = float(zz)
+        for p, mj, f, zz, ok in zip(table[names["PLATE"]], table[names["MJD"]], table[names["FIBERID"]], z, usable):
+            if ok:
+                by_pmf[(int(p), int(mj), int(f))] = float(zz)
     if "TARGETID" in names:
-        by_tid = {int(t): float(zz) for t, zz in zip(table[names["TARGETID"]], z)}
+        by_tid = {int(t): float(zz) for t, zz, ok in zip(table[names["TARGETID"]], z, usable) if ok}
     if not by_pmf and not by_tid:
         raise ValueError(f"{path}: needs PLATE/MJD/FIBERID or TARGETID columns to match spectra")
     return Truth(by_pmf, by_tid)

@@ -55,6 +55,8 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, parity_x: np.nd
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     if fp16:
         config.set_flag(trt.BuilderFlag.FP16)
+    else:  # TF32 is on by default for FP32 layers; an "fp32" engine must really compute in FP32
+        config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     npix = package.grid.npix
     profile.set_shape(package.input_name, (1, 1, npix), (opt_batch, 1, npix), (max_batch, 1, npix))

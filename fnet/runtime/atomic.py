@@ -29,6 +29,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as fh:  # on disk before the rename, so a power cut cannot leave a torn file
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

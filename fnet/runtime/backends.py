@@ -94,7 +94,8 @@ class TensorRTEngineBackend(Backend):
         """Copy the batch to the GPU, execute the engine, copy every output back."""
         trt, cuda = self._trt, self._cuda
         host_in = np.ascontiguousarray(x[:, None, :], dtype=np.float32)
-        self.context.set_input_shape(self.input_name, host_in.shape)
+        if not self.context.set_input_shape(self.input_name, host_in.shape):
+            raise RuntimeError(f"TensorRT engine rejects input shape {host_in.shape} (built for another grid?)")
         buffers, outputs = [], {}
         try:
             d_in = cuda.malloc(host_in.nbytes)
@@ -126,7 +127,7 @@ class _CudaRuntime:
 
     def __init__(self):
         lib = None
-        for name in ("libcudart.so", "libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0"):
+        for name in _cudart_candidates():
             try:
                 lib = ctypes.CDLL(name)
                 break
@@ -158,6 +159,22 @@ class _CudaRuntime:
 
     def synchronize(self) -> None:
         self._check(self.lib.cudaDeviceSynchronize(), "cudaDeviceSynchronize")
+
+
+def _cudart_candidates() -> list[str]:
+    """libcudart names for the system loader, then the copies pip's nvidia-cuda-runtime wheels install."""
+    import glob
+    import importlib.util
+
+    names = ["libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0"]
+    for module in ("nvidia.cuda_runtime", "nvidia.cu13", "nvidia.cu12"):
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            continue
+        for root in (spec.submodule_search_locations or []) if spec else []:
+            names += sorted(glob.glob(f"{root}/lib/libcudart.so*"))
+    return names
 
 
 def available_providers() -> list[str]:

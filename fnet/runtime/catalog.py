@@ -65,13 +65,16 @@ class Catalog:
         """Rows whose STATUS is not ok."""
         return sum(r["STATUS"] != "ok" for r in self.rows)
 
-    def to_table(self):
-        """An astropy Table with units, descriptions and header metadata."""
+    def to_table(self, ascii_strings: bool = False):
+        """An astropy Table with units, descriptions and header metadata (FITS needs ASCII strings)."""
         from astropy.table import Table
 
         table = Table()
-        for name, (_, _, unit, desc) in COLUMNS.items():
-            table[name] = self.column(name)
+        for name, (kind, _, unit, desc) in COLUMNS.items():
+            values = self.column(name)
+            if ascii_strings and kind == "U":  # FITS strings are ASCII: escape, never fail, e.g. "/data/\\xc5ngstr..."
+                values = np.char.encode(values, "ascii", "backslashreplace")
+            table[name] = values
             table[name].description = desc
             if unit:
                 table[name].unit = unit
@@ -81,11 +84,9 @@ class Catalog:
     def write(self, path: str | Path) -> Path:
         """Write atomically (temp file in the same folder, then rename); format from the extension."""
         path = Path(path)
-        suffix = "".join(path.suffixes[-2:]) if path.name.endswith(".fits.gz") else path.suffix.lower()
+        suffix = check_output_path(path)
         writers = {".fits": self._write_fits, ".fit": self._write_fits, ".fits.gz": self._write_fits,
                    ".csv": self._write_csv, ".parquet": self._write_parquet}
-        if suffix not in writers:
-            raise ValueError(f"{path}: unknown catalog format {suffix!r}; use .fits, .csv or .parquet")
         with atomic_path(path) as tmp:
             writers[suffix](tmp, gz=suffix == ".fits.gz")
         return path
@@ -93,9 +94,12 @@ class Catalog:
     def _write_fits(self, path: Path, gz: bool = False) -> None:
         from astropy.io import fits
 
-        table = self.to_table()
+        table = self.to_table(ascii_strings=True)
+        table.meta.clear()  # header cards are set below, ASCII-escaped
         hdu = fits.BinTableHDU(table, name="FNET")
         for key, value in self.header.items():
+            if isinstance(value, str):
+                value = value.encode("ascii", "backslashreplace").decode("ascii")
             hdu.header[key[:8]] = value
         for bit in ZWarn:
             hdu.header[f"ZWB{bit.bit_length() - 1}"] = (bit.name, f"ZWARN bit {bit.bit_length() - 1}")
@@ -134,6 +138,24 @@ class Catalog:
         table = pa.table({name: self.column(name) for name in COLUMNS})
         table = table.replace_schema_metadata({str(k): str(v) for k, v in self.header.items()})
         pq.write_table(table, path)
+
+
+OUTPUT_SUFFIXES = (".fits", ".fit", ".fits.gz", ".csv", ".parquet")
+
+
+def check_output_path(path: str | Path) -> str:
+    """The catalog format suffix of `path`; ValueError naming the path when it cannot be written."""
+    path = Path(path)
+    name = path.name.lower()
+    suffix = ".fits.gz" if name.endswith(".fits.gz") else path.suffix.lower()
+    if suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"{path}: unknown catalog format {suffix!r}; use .fits, .fits.gz, .csv or .parquet")
+    if suffix == ".parquet":
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise ValueError(f"{path}: Parquet output needs pyarrow (pip install 'fnet-qso[parquet]')") from None
+    return suffix
 
 
 def read_catalog(path: str | Path):

@@ -15,6 +15,8 @@ from typing import Any
 
 from .errors import ModelPackageError
 from .grid import Grid
+from .heads import validate_head
+from .preprocess import SCHEMES
 
 CONTRACT_VERSION = "1"
 PREFIX = "fnet."
@@ -75,14 +77,22 @@ class ModelPackage:
             z_lo, z_hi = (float(v) for v in parsed["z_range"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelPackageError(path, f"metadata grid/z_range malformed: {exc}") from None
-        head = parsed["head"]
-        if head.get("kind") not in ("regression", "zbins"):
-            raise ModelPackageError(path, f"unknown head kind {head.get('kind')!r} in {PREFIX}head")
+        if grid.npix <= 0 or grid.loglam_step <= 0:
+            raise ModelPackageError(path, f"metadata {PREFIX}grid needs npix > 0 and loglam_step > 0: {grid}")
+        try:
+            head = validate_head(parsed["head"])
+        except ValueError as exc:
+            raise ModelPackageError(path, f"metadata {PREFIX}head: {exc}") from None
+        norm = parsed["normalisation"]
+        if not isinstance(norm, dict) or norm.get("scheme") not in SCHEMES:
+            raise ModelPackageError(path, f"metadata {PREFIX}normalisation must name a scheme in {SCHEMES}: {norm!r}")
+        if not isinstance(parsed.get("quality", {}), dict):
+            raise ModelPackageError(path, f"metadata {PREFIX}quality must be a JSON object")
         quality = dict(DEFAULT_QUALITY)
         quality.update(parsed.get("quality", {}))
         return cls(path=path, sha256=sha256, name=metadata[PREFIX + "model_name"],
                    version=metadata[PREFIX + "model_version"], architecture=metadata[PREFIX + "architecture"],
-                   grid=grid, normalisation=parsed["normalisation"], head=head, z_range=(z_lo, z_hi),
+                   grid=grid, normalisation=norm, head=head, z_range=(z_lo, z_hi),
                    input_name=metadata[PREFIX + "input_name"], quality=quality,
                    training=parsed.get("training", {}), parity=parsed.get("parity", {}), metadata=dict(metadata))
 
@@ -124,7 +134,10 @@ def load_model_package(path: str | Path, metadata: dict[str, str] | None = None)
             sidecar = engine_sidecar(path)
             if not sidecar.is_file():
                 raise ModelPackageError(path, f"TensorRT engine without its metadata sidecar {sidecar.name}")
-            metadata = json.loads(sidecar.read_text())
+            try:
+                metadata = json.loads(sidecar.read_text())
+            except json.JSONDecodeError as exc:
+                raise ModelPackageError(path, f"metadata sidecar {sidecar.name} is not valid JSON: {exc}") from None
         else:
             metadata = read_onnx_metadata(path)
     return ModelPackage.from_metadata(path, metadata, sha256=file_sha256(path))

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -42,25 +42,49 @@ class InputItem:
     problem: str | None = None
 
 
-def expand_inputs(items: Sequence[str]) -> list[InputItem]:
-    """Files, globs, directories (searched recursively for FITS files) and @list.txt files, in order."""
+def expand_inputs(items: Sequence[str], exclude: Sequence[str | Path] = (), _lists: tuple = ()) -> list[InputItem]:
+    """Files, globs, directories (searched recursively for FITS files) and @list.txt files, in order.
+
+    Paths in a list file are relative to the list file's folder. `exclude` drops paths such as the
+    run's own output catalog, so re-running into the same folder does not read last run's catalog.
+    """
+    skip = {os.path.realpath(p) for p in exclude}
     out: list[InputItem] = []
+
+    def add(path: str) -> None:
+        if os.path.realpath(path) not in skip:
+            out.append(InputItem(path))
+
     for item in items:
         if item.startswith("@"):
             list_path = Path(item[1:])
             if not list_path.is_file():
                 out.append(InputItem(item, f"list file {list_path} not found"))
                 continue
+            if list_path.resolve() in _lists:
+                out.append(InputItem(item, f"list file {list_path} includes itself"))
+                continue
             lines = [ln.strip() for ln in list_path.read_text().splitlines()]
-            out.extend(expand_inputs([ln for ln in lines if ln and not ln.startswith("#")]))
+            entries = [ln for ln in lines if ln and not ln.startswith("#")]
+            if not entries:
+                out.append(InputItem(item, f"list file {list_path} names no input"))
+            base = list_path.parent
+            resolved = [e if e.startswith("@") or os.path.isabs(e) else str(base / e) for e in entries]
+            resolved = ["@" + str(base / e[1:]) if e.startswith("@") and not os.path.isabs(e[1:]) else e
+                        for e in resolved]
+            out.extend(expand_inputs(resolved, exclude, _lists + (list_path.resolve(),)))
         elif os.path.isdir(item):
             found = sorted({str(p) for pat in SPECTRA_PATTERNS for p in Path(item).rglob(pat)})
             if not found:
                 out.append(InputItem(item, "directory contains no FITS files"))
-            out.extend(InputItem(p) for p in found)
+            for p in found:
+                add(p)
         elif glob.has_magic(item):
             found = sorted(glob.glob(item, recursive=True))
-            out.extend(InputItem(p) for p in found) if found else out.append(InputItem(item, "no file matches"))
+            if not found:
+                out.append(InputItem(item, "no file matches"))
+            for p in found:
+                add(p)
         else:
             out.append(InputItem(item))
     return out
@@ -177,12 +201,13 @@ class RunSummary:
 
 
 def run_catalog(inputs: Sequence[str], package: ModelPackage, backend: Backend, *, batch_size: int = 64,
-                read_workers: int = 2, progress: bool = False, keep_pdf: bool = False) -> tuple[Catalog, RunSummary]:
+                read_workers: int = 2, progress: bool = False, keep_pdf: bool = False,
+                exclude: Sequence[str | Path] = ()) -> tuple[Catalog, RunSummary]:
     """Run the whole flow over the inputs and return the catalog (not yet written) and a summary."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    items = expand_inputs(inputs)
+    items = expand_inputs(inputs, exclude=exclude)
     catalog = Catalog()
     predictor = Predictor(package, backend)
     pdf_rows: list | None = [] if keep_pdf and package.head["kind"] == "zbins" else None
@@ -191,9 +216,22 @@ def run_catalog(inputs: Sequence[str], package: ModelPackage, backend: Backend, 
     n_files_failed = 0
 
     def flush() -> None:
-        if batch:
+        if not batch:
+            return
+        n_rows, n_pdf = len(catalog.rows), len(pdf_rows or [])
+        try:
             predictor.predict(batch, catalog, pdf_rows)
-            batch.clear()
+        except Exception as exc:  # e.g. GPU out of memory: this batch fails, the run goes on
+            del catalog.rows[n_rows:]
+            if pdf_rows is not None:
+                del pdf_rows[n_pdf:]
+            for spec in batch:
+                catalog.add(SOURCE=spec.source, ROW=spec.row, FORMAT=spec.format, **_meta_values(spec),
+                            STATUS="failed", ZWARN=int(ZWarn.BAD_INPUT),
+                            MESSAGE=f"{spec.source}[{spec.row}]: inference failed: {type(exc).__name__}: {exc}")
+                if pdf_rows is not None:
+                    pdf_rows.append(None)
+        batch.clear()
 
     bar = tqdm(total=len(items), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     for result in _prefetch(items, read_workers, ahead=4 * max(read_workers, 1)):
@@ -214,8 +252,10 @@ def run_catalog(inputs: Sequence[str], package: ModelPackage, backend: Backend, 
     bar.close()
 
     if pdf_rows is not None and predictor.centres is not None:
-        catalog.pdf = np.stack([r if r is not None else np.zeros(len(predictor.centres)) for r in pdf_rows]) \
-            if pdf_rows else np.zeros((0, len(predictor.centres)))
+        catalog.pdf = np.zeros((len(pdf_rows), len(predictor.centres)), dtype=np.float32)
+        for i, r in enumerate(pdf_rows):
+            if r is not None:
+                catalog.pdf[i] = r
         catalog.pdf_z = predictor.centres
     seconds = time.perf_counter() - t0
     summary = RunSummary(n_inputs=len(items), n_files_failed=n_files_failed, n_spectra=len(catalog),
@@ -239,15 +279,3 @@ def provenance_header(package: ModelPackage, summary: RunSummary) -> dict:
         "NSPEC": summary.n_spectra,
         "NFAIL": summary.n_failed,
     }
-
-
-def iter_chunks(seq: Iterable, size: int) -> Iterator[list]:
-    """Consecutive lists of at most `size` items."""
-    chunk: list = []
-    for item in seq:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk

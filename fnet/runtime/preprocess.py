@@ -20,8 +20,8 @@ Normalisation schemes (the model package's fnet.normalisation says which):
 - "ivar_unit_norm": ivar-weighted zero mean and unit weighted RMS over good pixels,
   then clipped to +-clip (cosmic rays, bad sky subtraction) when "clip" is given.
 
-Everything is vectorised over the batch: ragged inputs are laid end to end with a
-per-spectrum offset in log-wavelength so one np.interp call serves the whole batch.
+Everything is vectorised over the batch: spectra sharing one sampling (simulations, plates) are
+rebinned with no Python loop at all; ragged inputs loop once per spectrum, never per pixel.
 """
 
 from __future__ import annotations
@@ -90,40 +90,44 @@ def _row_arrays(lam, f, iv, g, lo: float, hi: float) -> tuple[np.ndarray, ...]:
     return edges, w, wf, gw
 
 
+def _interp_rows(queries: np.ndarray, edges: np.ndarray, cums: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+    """Evaluate running sums given at shared `edges` at `queries` (clipped to the edges), for all rows at once."""
+    q = np.clip(queries, edges[0], edges[-1])
+    hi = np.clip(np.searchsorted(edges, q, side="right"), 1, len(edges) - 1)
+    lo = hi - 1
+    frac = (q - edges[lo]) / (edges[hi] - edges[lo])
+    return [c[..., lo] * (1.0 - frac) + c[..., hi] * frac for c in cums]
+
+
 def rebin(loglam, flux, ivar, good, grid: Grid) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Rebin a batch onto the grid; returns flux (n, npix), ivar (n, npix), covered fraction (n, npix)."""
     span = grid.loglam_step * (grid.npix + 1)
-    # Offsets keep each spectrum in its own stretch of the concatenated axis. Input pixels
-    # far outside the grid are dropped first so the stretches never overlap.
-    lo, hi = grid.loglam_start - span, grid.loglam_start + 2 * span
-    stride = 4 * span
+    lo, hi = grid.loglam_start - span, grid.loglam_start + 2 * span  # input far off the grid is irrelevant
+    out_edges = grid.edges
 
-    def pad0(a: np.ndarray) -> np.ndarray:  # a leading zero per row: running sums restart cleanly
+    def pad0(a: np.ndarray) -> np.ndarray:  # running sums start at 0 on the first input edge
         return np.concatenate((np.zeros(a.shape[:-1] + (1,)), a), axis=-1)
 
+    # Running sums are per spectrum, so an extreme pixel can only ever affect its own spectrum.
     shared = isinstance(flux, np.ndarray) and flux.ndim == 2 and np.ndim(loglam) == 1
-    if shared:  # common grid for the whole batch (simulations, BOSS plates): no Python loop at all
-        n = flux.shape[0]
+    if shared:  # common sampling for the whole batch (simulations, BOSS plates): no Python loop at all
         edges, w, wf, gw = _row_arrays(np.asarray(loglam, np.float64), flux, ivar, good, lo, hi)
-        x_all = ((edges - grid.loglam_start)[None, :] + stride * np.arange(n)[:, None]).ravel()
-        w_all, wf_all, gw_all = pad0(w).ravel(), pad0(wf).ravel(), pad0(gw).ravel()
+        cums = tuple(np.cumsum(pad0(a), axis=-1) for a in (w, wf, gw))
+        at_edges = _interp_rows(out_edges, edges, cums)
     else:
         lams, fluxes, ivars, goods = _as_rows(loglam, flux, ivar, good)
-        n = len(lams)
-        parts = [_row_arrays(lams[k], np.asarray(fluxes[k]), np.asarray(ivars[k]), np.asarray(goods[k]), lo, hi)
-                 for k in range(n)]  # one loop per spectrum, numpy inside; pixels are never looped over
-        x_all = np.concatenate([p[0] - grid.loglam_start + k * stride for k, p in enumerate(parts)])
-        w_all, wf_all, gw_all = (np.concatenate([pad0(p[i]) for p in parts]) for i in (1, 2, 3))
-    cum_w, cum_wf, cum_gw = np.cumsum(w_all), np.cumsum(wf_all), np.cumsum(gw_all)
-
-    out_edges = (grid.edges - grid.loglam_start)[None, :] + stride * np.arange(n)[:, None]
-    q = out_edges.ravel()
-    sum_w = np.diff(np.interp(q, x_all, cum_w).reshape(n, -1), axis=1)
-    sum_wf = np.diff(np.interp(q, x_all, cum_wf).reshape(n, -1), axis=1)
-    cover = np.diff(np.interp(q, x_all, cum_gw).reshape(n, -1), axis=1) / grid.loglam_step
+        rows = []
+        for k in range(len(lams)):  # one loop per spectrum, numpy inside; pixels are never looped over
+            edges, w, wf, gw = _row_arrays(lams[k], np.asarray(fluxes[k]), np.asarray(ivars[k]),
+                                           np.asarray(goods[k]), lo, hi)
+            rows.append(_interp_rows(out_edges, edges, tuple(np.cumsum(pad0(a)) for a in (w, wf, gw))))
+        at_edges = [np.stack([r[i] for r in rows]) if rows else np.zeros((0, grid.npix + 1)) for i in range(3)]
+    sum_w, sum_wf, sum_gw = (np.diff(a, axis=-1) for a in at_edges)
+    cover = sum_gw / grid.loglam_step
 
     # Round-off in the running sums can leave tiny non-zero weights where there is no data.
-    has = (sum_w > 1e-12 * np.maximum(cum_w[-1], 1.0) / max(n, 1)) & (cover > 1e-6)
+    total = at_edges[0][:, -1:]
+    has = (sum_w > 1e-12 * np.maximum(total, 1e-300)) & (cover > 1e-6)
     out_flux = np.where(has, sum_wf / np.where(has, sum_w, 1.0), 0.0)
     out_ivar = np.where(has, sum_w, 0.0)
     return out_flux, out_ivar, np.clip(cover, 0.0, 1.0)

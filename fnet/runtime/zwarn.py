@@ -50,9 +50,9 @@ def compute_zwarn(*, coverage: np.ndarray, sn_median: np.ndarray, ivar_known: np
         zwarn |= np.where(low, int(ZWarn.LOW_SN), 0).astype(np.int32)
         # Within half a per-mille of the range edges the head is saturated: the true z may lie beyond.
         tol = 5e-4 * (1.0 + z_range[1])
-        out = ~((z > z_range[0] + tol) & (z < z_range[1] - tol))
-        if z_range[0] <= 0.0:  # z=0 is a physical floor, not a saturation sign
-            out = ~(z < z_range[1] - tol) | ~np.isfinite(z)
+        # z = 0 is a physical floor, not a saturation sign: a range starting at 0 is only checked below 0.
+        low_edge = z_range[0] if z_range[0] <= 0.0 else z_range[0] + tol
+        out = (z < low_edge) | ~(z < z_range[1] - tol) | ~np.isfinite(z)
         zwarn |= np.where(out, int(ZWarn.Z_OUT_OF_RANGE), 0).astype(np.int32)
         dv_err = C_KMS * z_err / (1.0 + z)
         zwarn |= np.where(dv_err > quality["max_dv_err_kms"], int(ZWarn.BROAD_PDF), 0).astype(np.int32)

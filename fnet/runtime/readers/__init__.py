@@ -7,6 +7,7 @@ Everything that can go wrong with the file is raised as ``SpectrumReadError(path
 
 from __future__ import annotations
 
+import threading
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -106,9 +107,14 @@ def _ragged_size(path: Path, compressed: bool) -> int | None:
     return size if not compressed and size % 2880 else None
 
 
+# warnings.catch_warnings swaps process-wide state: reader threads (fnet-run --read-workers) must take
+# turns, or one file's truncation warning lands in another file's list.
+_WARNINGS_LOCK = threading.Lock()
+
+
 def _read_open(handle: BinaryIO, path: Path, compressed: bool) -> list[Spectrum]:
     """Detect and read from an open binary handle; turns astropy failures into SpectrumReadError."""
-    with warnings.catch_warnings(record=True) as caught:
+    with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             # memmap=False: measured no slower than memmap here (~7 ms a spec file), and no mapping outlives the call.
