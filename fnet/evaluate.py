@@ -47,9 +47,14 @@ class Truth:
 
 def read_truth(path: str | Path, z_column: str = "auto") -> Truth:
     """Read a truth catalog (DR12Q/DR16Q style PLATE MJD FIBERID Z[_VI], or DESI TARGETID Z)."""
-    from astropy.table import Table
+    import warnings
 
-    table = Table.read(path)
+    from astropy.table import Table
+    from astropy.units import UnitsWarning
+
+    with warnings.catch_warnings():  # survey catalogs carry unit strings astropy cannot parse ("-")
+        warnings.simplefilter("ignore", UnitsWarning)
+        table = Table.read(path)
     names = {n.upper(): n for n in table.colnames}
     if z_column == "auto":
         if "Z" not in names and "Z_VI" not in names and "Z_TRUE" not in names:
