@@ -225,9 +225,14 @@ def write_report(reports: list[dict], out_dir: str | Path, model_info: dict) -> 
     """Write report.json plus one PNG per variant into out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:  # the numbers matter more than the pictures: write them anyway
+        matplotlib = None
     for rep in reports:
         slug = rep["variant"].replace(" ", "_").replace("/", "")
-        rep["plot"] = str(plot_report(rep, out / f"eval_{slug}.png", model_info.get("name", "")))
+        rep["plot"] = (str(plot_report(rep, out / f"eval_{slug}.png", model_info.get("name", ""))) if matplotlib
+                       else "not drawn: pip install 'fnet-qso[eval]' for plots")
     path = out / "report.json"
     path.write_text(json.dumps({"model": model_info, "reports": reports}, indent=1))
     return path
