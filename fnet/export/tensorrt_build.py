@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.atomic import atomic_path
-from ..runtime.atomic import atomic_path
 from ..runtime.backends import OnnxRuntimeBackend, TensorRTEngineBackend
 from ..runtime.errors import BackendUnavailable
 from ..runtime.model_package import ModelPackage, engine_sidecar, load_model_package

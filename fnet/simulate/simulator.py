@@ -10,7 +10,7 @@ import numpy as np
 
 from fnet.runtime.spectrum import Spectrum
 from fnet.simulate import absorbers, parametric
-from fnet.simulate.igm import LYMAN_LIMIT, LognormalForest, lyman_limit_transmission
+from fnet.simulate.igm import LognormalForest, lyman_limit_transmission
 from fnet.simulate.lattice import lattice
 from fnet.simulate.noise import NoiseLibrary
 from fnet.simulate.observe import (
