@@ -8,7 +8,7 @@ add noise to halve the S/N.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -90,7 +90,7 @@ def mask_lines(spec: Spectrum, z: float, lines: dict[str, float] = PAPER_LINES,
     for rest in lines.values():
         centre = rest * (1.0 + z)
         good &= np.abs(wave - centre) > centre * half_width_kms / C_KMS
-    return _replace(spec, good=good, notes=spec.notes + ["emission lines masked"])
+    return replace(spec, good=good, notes=spec.notes + ["emission lines masked"])
 
 
 def degrade_sn(spec: Spectrum, factor: float, rng: np.random.Generator) -> Spectrum:
@@ -98,14 +98,7 @@ def degrade_sn(spec: Spectrum, factor: float, rng: np.random.Generator) -> Spect
     sigma = np.where(spec.ivar > 0, 1.0 / np.sqrt(np.where(spec.ivar > 0, spec.ivar, 1.0)), 0.0)
     extra = np.sqrt(factor**2 - 1.0) * sigma
     flux = spec.flux + rng.normal(size=spec.flux.size) * extra
-    return _replace(spec, flux=flux, ivar=spec.ivar / factor**2, notes=spec.notes + [f"S/N / {factor:g}"])
-
-
-def _replace(spec: Spectrum, **changes) -> Spectrum:
-    fields = dict(source=spec.source, row=spec.row, loglam=spec.loglam, flux=spec.flux, ivar=spec.ivar,
-                  good=spec.good, format=spec.format, meta=spec.meta, ivar_known=spec.ivar_known, notes=spec.notes)
-    fields.update(changes)
-    return Spectrum(**fields)
+    return replace(spec, flux=flux, ivar=spec.ivar / factor**2, notes=spec.notes + [f"S/N / {factor:g}"])
 
 
 def collect(inputs: Sequence[str], truth: Truth) -> tuple[list[Spectrum], np.ndarray, list[str]]:

@@ -209,18 +209,13 @@ class PooledCNN(nn.Module):
 
 def build_model(arch: str, head: dict, grid: Grid) -> nn.Module:
     """Build a network by name ("paper", "lite4x", "tiny", "pooled4x", ...) for a head and a grid."""
-    if arch in POOLED:
-        spec = POOLED[arch]
-        if spec.loglam_step is not None and abs(grid.loglam_step / spec.loglam_step - 1) > 1e-6:
-            raise ValueError(f"arch {arch!r} is sized for loglam_step {spec.loglam_step}, grid has {grid.loglam_step}")
-        return PooledCNN(spec, head, grid)
-    if arch not in ARCHS:
+    spec = POOLED.get(arch) or ARCHS.get(arch)
+    if spec is None:
         raise ValueError(f"unknown arch {arch!r}; known: {', '.join(list(ARCHS) + list(POOLED))}")
-    spec = ARCHS[arch]
     if spec.loglam_step is not None and abs(grid.loglam_step / spec.loglam_step - 1) > 1e-6:
         # Kernels are sized in pixels for one physical width; another step is another network.
         raise ValueError(f"arch {arch!r} is sized for loglam_step {spec.loglam_step}, grid has {grid.loglam_step}")
-    return FNet(spec, head, grid)
+    return PooledCNN(spec, head, grid) if arch in POOLED else FNet(spec, head, grid)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
