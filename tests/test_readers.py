@@ -19,27 +19,66 @@ from fnet.runtime.readers.sdss_spec import read_columns
 
 SDSS = SHARED_DATA / "sdss"
 DESI = SHARED_DATA / "desi"
+LAMOST = SHARED_DATA / "lamost"
+
+# What each shared-data file is comes from the folders' own documentation, never from the reader under test:
+# truth.csv where a folder has one (sdss/mixed, lamost/dr1), else the inventory tables of ../shared/data/README.md.
+# File names prove nothing: sdss/mixed holds spectra named sdss1.fits or 1237652899686318136.fits.
+_TRUTH_FORMATS = {"SDSS/BOSS spec": "sdss-spec", "SDSS DR7 spSpec": "sdss-spspec"}
+_README_CATALOGS = {  # non-spectra files the README lists (catalogs, redrock output)
+    "sdss/dr16/cat_for_clustering_plate3655.fits.gz", "sdss/dr16/spAll-plate3655.fits", "sdss/dr14-pk1d/DRQ_Pk1D.fits",
+    "desi/redrock-4-80613-thru20210324.fits", "desi/QSO_cat_fuji_dark_healpix.fits.gz",
+}
+_README_SPECTRA = {  # sdss/formats and desi, one row each in the README tables
+    "sdss/formats/spec-0266-51602-0013.fits": "sdss-spec", "sdss/formats/spec-0332-52367-0639.fits": "sdss-spec",
+    "sdss/formats/spec-7338-56660-0733.fits": "sdss-spec", "sdss/formats/spec-4055-55359-0010.fits": "sdss-spec",
+    "sdss/formats/spPlate-4055-55359-0020.fits": "sdss-spplate", "sdss/formats/spSpec-51993-0542-631.fit": "sdss-spspec",
+    "desi/test_coadd.fits": "desi-coadd", "desi/coadd-4-80613-thru20210324.fits": "desi-coadd",
+    "desi/coadd-main-dark-9144.fits": "desi-coadd", "desi/coadd-1-80693-thru20210204.fits": "desi-coadd",
+}
+# Real spectra documented as holding no usable data (kept in place by the reader, with a note).
+EMPTY_SPECTRA = {("desi/test_coadd.fits", 11), ("sdss/mixed/spec-0269-51581-0003.fits", 0)}
+
+
+def _truth_formats() -> dict[str, str | None]:
+    """Relative path -> documented format, from the truth tables and the README inventory."""
+    import csv
+
+    known: dict[str, str | None] = {rel: None for rel in _README_CATALOGS}
+    known.update(_README_SPECTRA)
+    for folder in ("dr16", "dr14-pk1d"):  # README: every spec-* file in these folders is a BOSS spec file
+        for p in (SDSS / folder).glob("spec-*.fits"):
+            known[str(p.relative_to(SHARED_DATA))] = "sdss-spec"
+    mixed = SDSS / "mixed" / "truth.csv"
+    if mixed.exists():
+        for row in csv.DictReader(mixed.open()):
+            fmt = next((v for k, v in _TRUTH_FORMATS.items() if row["format"].startswith(k)), None)
+            assert fmt, f"sdss/mixed/truth.csv: unknown format {row['format']!r}"
+            known[f"sdss/mixed/{row['file']}"] = fmt
+    lamost = LAMOST / "dr1" / "truth.csv"
+    if lamost.exists():
+        for row in csv.DictReader(lamost.open()):
+            known[f"lamost/dr1/{row['file']}"] = "lamost"
+    return known
+
+
+TRUTH = _truth_formats() if SHARED_DATA.exists() else {}
 
 
 def _expected_format(path: Path) -> str | None:
     """Format a shared-data file must be read as (None: not a spectra file)."""
-    name = path.name
-    if path.parent == DESI:
-        return "desi-coadd" if name.startswith("coadd-") or name == "test_coadd.fits" else None
-    if name.startswith("spec-"):
-        return "sdss-spec"
-    if name.startswith("spPlate-"):
-        return "sdss-spplate"
-    if name.startswith("spSpec-"):
-        return "sdss-spspec"
-    return None
+    return TRUTH[str(path.relative_to(SHARED_DATA))]
 
 
-ALL_FILES = sorted(p for p in [*SDSS.glob("**/*.fit*"), *DESI.glob("*.fit*")] if p.is_file()) if SHARED_DATA.exists() else []
+ALL_FILES = sorted(
+    p for p in [*SDSS.glob("**/*.fit*"), *DESI.glob("*.fit*"), *LAMOST.glob("**/*.fit*")]
+    if p.is_file() and str(p.relative_to(SHARED_DATA)) in TRUTH
+) if SHARED_DATA.exists() else []
 SPECTRA_FILES = [p for p in ALL_FILES if _expected_format(p)]
 OTHER_FILES = [p for p in ALL_FILES if not _expected_format(p)]
 DR16_SPEC = [p for p in SPECTRA_FILES if p.parent.name == "dr16"]
 PK1D_SPEC = [p for p in SPECTRA_FILES if p.parent.name == "dr14-pk1d"]
+LAMOST_SPEC = [p for p in SPECTRA_FILES if _expected_format(p) == "lamost"]
 
 
 def _ids(paths: list[Path]) -> list[str]:
@@ -52,6 +91,10 @@ def _ids(paths: list[Path]) -> list[str]:
 def test_shared_data_inventory():
     require_shared("sdss")
     assert len(DR16_SPEC) == 80 and len(PK1D_SPEC) == 8
+    # every spectra-looking file on disk is documented somewhere, so none escapes the tests below
+    on_disk = {str(p.relative_to(SHARED_DATA)) for p in [*SDSS.glob("**/*.fit*"), *DESI.glob("*.fit*"),
+                                                          *LAMOST.glob("**/*.fit*")]}
+    assert on_disk <= set(TRUTH), sorted(on_disk - set(TRUTH))
     assert {_expected_format(p) for p in SPECTRA_FILES} == set(FORMATS)
 
 
@@ -67,11 +110,13 @@ def test_every_spectra_file_reads(path):
         assert s.loglam.dtype == np.float64 and s.flux.dtype == np.float64 and s.good.dtype == bool
         assert np.all(np.diff(s.loglam) > 0)
         assert 3000 < s.wavelength[0] < s.wavelength[-1] < 11000
-        if (path.name, s.row) == ("test_coadd.fits", 11):
-            # a real empty fiber (flux = ivar = 0 in all arms): kept in place, with a note
+        if (str(path.relative_to(SHARED_DATA)), s.row) in EMPTY_SPECTRA:
+            # a real empty fiber / a spectrum without data: kept in place, with a note (the run fails its row)
             assert not s.good.any() and NO_GOOD_PIXELS_NOTE in s.notes
             continue
-        assert s.good.sum() > 0.5 * n and NO_GOOD_PIXELS_NOTE not in s.notes
+        # LAMOST sets ivar = 0 wherever its AND mask is set: spec-55862-B6212_sp06-145 keeps 48 % of its pixels
+        min_good = 0.4 if s.format == "lamost" else 0.5
+        assert s.good.sum() > min_good * n and NO_GOOD_PIXELS_NOTE not in s.notes
         assert np.all(np.isfinite(s.flux[s.good])) and np.all(s.ivar[s.good] > 0)
         assert "Z" not in s.meta  # Z is the model's output, the pipeline's is PIPELINE_Z
 
@@ -389,6 +434,38 @@ def test_desi_without_fibermap():
         assert s.row == row and "TARGETID" not in s.meta
         assert any("no FIBERMAP" in note for note in s.notes)
         assert s.good.mean() > 0.99 or row == 11  # row 11 is an empty fiber (all ivar = 0)
+
+
+# ---------------------------------------------------------------- LAMOST
+
+
+def test_lamost_rows_are_flux_and_inverse_variance_not_spspec_sigma():
+    require_shared("lamost", "dr1")
+    assert len(LAMOST_SPEC) == 176
+    import csv
+
+    truth = {r["file"]: r for r in csv.DictReader((LAMOST / "dr1" / "truth.csv").open())}
+    for path in LAMOST_SPEC[:20]:
+        [s] = read_spectra(path)
+        with fits.open(path) as hdul:
+            image, header = hdul[0].data.astype(np.float64), hdul[0].header
+        assert s.format == "lamost" and np.array_equal(s.flux, image[0])
+        assert np.array_equal(s.ivar, image[1])  # row 1 is the inverse variance itself (spSpec: sigma in row 2)
+        assert np.array_equal(s.good, (image[1] > 0) & (image[3] == 0))
+        assert s.loglam[0] == pytest.approx(header["COEFF0"]) and s.meta["FIBERID"] == header["FIBERID"]
+        assert s.meta["PIPELINE_CLASS"] == "STAR" == truth[path.name]["CLASS"]
+        assert s.meta["PIPELINE_Z"] == pytest.approx(float(truth[path.name]["Z"]))
+        assert s.meta["RA"] == pytest.approx(float(truth[path.name]["RA"]))
+
+
+def test_a_lamost_image_without_its_row_names_is_not_taken_for_spspec(tmp_path):
+    path = require_shared("lamost", "dr1", "spec-55862-B6212_sp06-003.fits")
+    with fits.open(path) as hdul:
+        header = hdul[0].header.copy()
+        del header["EXTEN0"]
+        fits.PrimaryHDU(hdul[0].data, header).writeto(tmp_path / "no-exten0.fits")
+    [s] = read_spectra(tmp_path / "no-exten0.fits")  # TELESCOP = LAMOST still says what it is
+    assert s.format == "lamost"
 
 
 # ---------------------------------------------------------------- bad inputs

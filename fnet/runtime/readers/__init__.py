@@ -18,12 +18,13 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from ..errors import SpectrumReadError
 from ..spectrum import Spectrum
-from . import desi_coadd, sdss_plate, sdss_spec, sdss_spspec
+from . import desi_coadd, lamost, sdss_plate, sdss_spec, sdss_spspec
 
 __all__ = ["FORMATS", "detect_format", "read_spectra", "describe_hdus"]
 
 # Detection order: the cheap primary-header checks first, the DESI scan (reads every header) last.
 _ADAPTERS = {
+    lamost.FORMAT: lamost,
     sdss_spspec.FORMAT: sdss_spspec,
     sdss_plate.FORMAT: sdss_plate,
     sdss_spec.FORMAT: sdss_spec,
@@ -31,7 +32,7 @@ _ADAPTERS = {
 }
 
 #: Supported format names, as returned by detect_format and stored in Spectrum.format.
-FORMATS: tuple[str, ...] = ("sdss-spec", "sdss-spplate", "sdss-spspec", "desi-coadd")
+FORMATS: tuple[str, ...] = ("sdss-spec", "sdss-spplate", "sdss-spspec", "desi-coadd", "lamost")
 
 # First bytes of what astropy can open: plain FITS, or a gzip / bzip2 / zip compressed one.
 _MAGIC = (b"SIMPLE", b"\x1f\x8b", b"BZh", b"PK\x03\x04")
@@ -62,7 +63,7 @@ def detect_format(hdul: fits.HDUList) -> str:
     path = hdul.filename() or "<in-memory FITS>"
     raise SpectrumReadError(
         path,
-        f"unsupported layout (not SDSS spec/spPlate/spSpec or DESI coadd spectra); found HDUs: {describe_hdus(hdul)}",
+        f"unsupported layout (not SDSS spec/spPlate/spSpec, DESI coadd or LAMOST spectra); found HDUs: {describe_hdus(hdul)}",
     )
 
 

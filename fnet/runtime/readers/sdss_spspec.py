@@ -29,6 +29,8 @@ _SPEC_CLN = {0: "UNKNOWN", 1: "STAR", 2: "GALAXY", 3: "QSO", 4: "QSO", 5: "SKY",
 def matches(hdul: fits.HDUList) -> bool:
     """True for a DR7 spSpec: 2-D log-linear primary image of 4-5 rows describing a single fiber."""
     header = hdul[0].header
+    if str(header.get("TELESCOP", "")).strip().upper() == "LAMOST" or "EXTEN0" in header:
+        return False  # a LAMOST image has the same shape but other rows (see readers/lamost.py)
     return (
         header.get("NAXIS") == 2
         and "COEFF0" in header
