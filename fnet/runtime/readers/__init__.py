@@ -18,7 +18,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from ..errors import SpectrumReadError
 from ..spectrum import Spectrum
-from . import desi_coadd, lamost, sdss_plate, sdss_spec, sdss_spspec
+from . import desi_coadd, fits_open, lamost, sdss_plate, sdss_spec, sdss_spspec
 
 __all__ = ["FORMATS", "detect_format", "read_spectra", "describe_hdus"]
 
@@ -33,9 +33,6 @@ _ADAPTERS = {
 
 #: Supported format names, as returned by detect_format and stored in Spectrum.format.
 FORMATS: tuple[str, ...] = ("sdss-spec", "sdss-spplate", "sdss-spspec", "desi-coadd", "lamost")
-
-# First bytes of what astropy can open: plain FITS, or a gzip / bzip2 / zip compressed one.
-_MAGIC = (b"SIMPLE", b"\x1f\x8b", b"BZh", b"PK\x03\x04")
 
 
 def describe_hdus(hdul: fits.HDUList, max_columns: int = 6) -> str:
@@ -85,27 +82,11 @@ def _check(spectrum: Spectrum, path: str) -> None:
 def read_spectra(path: str | Path) -> list[Spectrum]:
     """Every spectrum in a FITS file, whatever supported survey format it is in."""
     path = Path(path)
-    if not path.exists():
-        raise SpectrumReadError(str(path), "file does not exist")
-    if path.is_dir():
-        raise SpectrumReadError(str(path), "is a directory, not a file")
-    try:
-        with open(path, "rb") as handle:
-            head = handle.read(8)
-            if not head:
-                raise SpectrumReadError(str(path), "empty file (0 bytes)")
-            if not head.startswith(_MAGIC):
-                raise SpectrumReadError(str(path), "not a FITS file (does not start with a SIMPLE card)")
-            handle.seek(0)
-            return _read_open(handle, path, compressed=not head.startswith(b"SIMPLE"))
-    except OSError as exc:
-        raise SpectrumReadError(str(path), f"cannot read file: {exc}") from exc
-
-
-def _ragged_size(path: Path, compressed: bool) -> int | None:
-    """File size when it is not a whole number of 2880-byte FITS blocks (the usual sign of a cut-off copy)."""
-    size = path.stat().st_size
-    return size if not compressed and size % 2880 else None
+    with fits_open.open_fits_bytes(path) as (fileobj, layout, _compressed):
+        spectra = _read_open(fileobj, path)
+    for spectrum in spectra:
+        spectrum.notes.extend(layout.notes)
+    return spectra
 
 
 # warnings.catch_warnings swaps process-wide state: reader threads (fnet-run --read-workers) must take
@@ -113,8 +94,8 @@ def _ragged_size(path: Path, compressed: bool) -> int | None:
 _WARNINGS_LOCK = threading.Lock()
 
 
-def _read_open(handle: BinaryIO, path: Path, compressed: bool) -> list[Spectrum]:
-    """Detect and read from an open binary handle; turns astropy failures into SpectrumReadError."""
+def _read_open(handle: BinaryIO, path: Path) -> list[Spectrum]:
+    """Detect and read from a binary file object holding the file's checked HDUs; failures become SpectrumReadError."""
     with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -125,20 +106,13 @@ def _read_open(handle: BinaryIO, path: Path, compressed: bool) -> list[Spectrum]
         except SpectrumReadError as exc:
             if _truncated(caught):
                 raise SpectrumReadError(str(path), f"truncated FITS file ({_truncated(caught)})") from exc
-            problem = exc.problem
-            ragged = _ragged_size(path, compressed)
-            if ragged:
-                problem += f"; file size {ragged} is not a whole number of 2880-byte blocks (truncated?)"
-            raise SpectrumReadError(str(path), problem) from exc
-        except (OSError, TypeError, ValueError, IndexError, KeyError, EOFError) as exc:
-            ragged = _ragged_size(path, compressed)
-            if _truncated(caught):
-                problem = "truncated FITS file"
-            elif ragged:
-                problem = f"truncated or corrupt FITS file ({ragged} bytes is not a whole number of 2880-byte blocks)"
-            else:
-                problem = "corrupt or unreadable FITS file"
-            raise SpectrumReadError(str(path), f"{problem}: {exc}") from exc
+            raise SpectrumReadError(str(path), exc.problem) from exc
+        except MemoryError:
+            raise SpectrumReadError(str(path), "not enough memory to read this file") from None
+        except Exception as exc:  # whatever the FITS library trips over in a damaged file stays this file's problem
+            problem = "truncated FITS file" if _truncated(caught) else "corrupt or unreadable FITS file"
+            raise SpectrumReadError(str(path), f"{problem}: its headers or tables cannot be decoded "
+                                               f"(detail: {type(exc).__name__}: {exc})") from exc
     truncated = _truncated(caught)
     if truncated:
         # astropy only warned: data it could not read may be silently short, so refuse the file.
