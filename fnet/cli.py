@@ -1,4 +1,5 @@
-"""Command-line entry points. Exit codes: 0 all inputs succeeded, 1 some inputs failed, 2 usage error.
+"""Command-line entry points. Exit codes: 0 all inputs succeeded, 1 some inputs failed, 2 usage error,
+3 no catalog written (fnet-run: a crash, an interruption or a write failure).
 
 Heavy modules (torch, onnx) are imported inside the commands that need them, so fnet-run
 starts fast and works where torch is not installed.
@@ -13,7 +14,8 @@ import click
 
 from . import __version__
 
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_NO_CATALOG = 0, 1, 2, 3
+MAX_FAILURE_LINES = 50  # failures echoed to stderr; every one is in the catalog
 
 
 def default_model_path() -> Path:
@@ -50,20 +52,43 @@ def _load_package(model: str | None):
 @click.option("--read-workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="threads reading files ahead of inference")
 @click.option("--save-pdf", is_flag=True, help="also store P(z) per row (zbins models) in HDU ZPDF")
+@click.option("--resume", is_flag=True,
+              help="continue a killed run from its progress file (OUTPUT.fnet-progress) instead of starting over")
 @click.option("--progress/--no-progress", default=None, help="progress bar [default: on when stderr is a terminal]")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar and no per-failure lines")
 @click.version_option(__version__, prog_name="fnet")
-def run_command(inputs, model, output, batch_size, device, threads, read_workers, save_pdf, progress, quiet):
+def run_command(inputs, model, output, batch_size, device, threads, read_workers, save_pdf, resume, progress, quiet):
     """Estimate quasar redshifts for spectra files and write a catalog.
 
-    INPUTS are files, globs, directories (searched recursively) or @list.txt files.
-    Exit code 0 when every input succeeded, 1 when some failed (their rows say why), 2 for usage errors.
+    INPUTS are files, directories (searched recursively), @list.txt files or glob patterns; a name that
+    exists as a file is always taken literally. Exit code 0: every input succeeded; 1: some failed (their
+    rows say why); 2: usage error, nothing done; 3: no catalog was written (crash or write failure).
     """
-    from .runtime.backends import open_backend
-    from .runtime.errors import BackendUnavailable
-    from .runtime.pipeline import run_catalog
+    import traceback
 
-    from .runtime.catalog import check_output_path
+    try:
+        _run(inputs, model, output, batch_size, device, threads, read_workers, save_pdf, resume, progress, quiet)
+    except KeyboardInterrupt:
+        click.echo(f"fnet-run: interrupted; no catalog written. Finished inputs are kept: rerun with --resume "
+                   f"to continue", err=True)
+        sys.exit(EXIT_NO_CATALOG)
+    except Exception:  # a bug: say so, keep the traceback for the report, and use the documented exit code
+        traceback.print_exc()
+        click.echo("fnet-run: internal error (a bug: please report the traceback above); no catalog written. "
+                   "Finished inputs are kept: rerun with --resume to continue", err=True)
+        sys.exit(EXIT_NO_CATALOG)
+
+
+def _run(inputs, model, output, batch_size, device, threads, read_workers, save_pdf, resume, progress, quiet):
+    """fnet-run's work; every refusal before the run exits 2, a catalog that cannot be written exits 3."""
+    import os
+
+    from .runtime.backends import open_backend
+    from .runtime.catalog import PdfSource, check_output_path, write_catalog
+    from .runtime.errors import BackendUnavailable
+    from .runtime.inputs import expand_inputs
+    from .runtime.journal import JournalMismatch, RunJournal, journal_paths, run_fingerprint
+    from .runtime.pipeline import Predictor, RunSummary, provenance_header, run_items
 
     try:  # refuse an unwritable output before hours of work, not after
         suffix = check_output_path(output)
@@ -74,21 +99,63 @@ def run_command(inputs, model, output, batch_size, device, threads, read_workers
         _fail_usage(f"--save-pdf: {package.path} has a {package.head['kind']} head, which gives no P(z)")
     if save_pdf and not suffix.startswith(".fit"):
         _fail_usage(f"--save-pdf: P(z) is stored as FITS HDUs; write a .fits catalog, not {suffix}")
+    own_files = [output, *journal_paths(output)]
+    items = expand_inputs(list(inputs), exclude=own_files)
+    out_real = {os.path.realpath(p) for p in own_files}
+    clash = next((i.path for i in items if os.path.realpath(i.path) in out_real), None)
+    if clash:
+        _fail_usage(f"{clash}: is both an input and the output (or its progress file); refusing to overwrite an input")
     try:
         backend = open_backend(package, device=device, threads=threads)
     except BackendUnavailable as exc:
         _fail_usage(str(exc))
+    predictor = Predictor(package, backend)
+    nbins = len(predictor.centres) if save_pdf else None
+    fingerprint = run_fingerprint([i.path for i in items], package.sha256, nbins)
+    journal_file = journal_paths(output)[0]
+    if not resume and journal_file.exists():
+        click.echo(f"fnet-run: {journal_file} from an earlier run is replaced (use --resume to continue it)", err=True)
+    try:
+        journal = RunJournal(output, fingerprint, resume=resume)
+    except JournalMismatch as exc:
+        _fail_usage(str(exc))
+    except OSError as exc:
+        _fail_usage(f"{journal_file}: cannot write the progress file: {exc.strerror or exc}")
+    if journal.resumed:
+        click.echo(f"fnet-run: resuming: {journal.n_done} of {len(items)} inputs already done", err=True)
     show_bar = (sys.stderr.isatty() if progress is None else progress) and not quiet
-    catalog, summary = run_catalog(list(inputs), package, backend, batch_size=batch_size, read_workers=read_workers,
-                                   progress=show_bar, keep_pdf=save_pdf, exclude=[output])
-    written = catalog.write(output)
-    if not quiet:
-        for row in catalog.rows:
-            if row["STATUS"] != "ok":
-                click.echo(f"failed: {row['MESSAGE']}", err=True)
-    click.echo(f"fnet-run: {summary.n_spectra} rows from {summary.n_inputs} inputs in {summary.seconds:.1f} s "
-               f"({summary.spectra_per_second:.1f}/s, {summary.backend}); {summary.n_failed} failed; "
-               f"catalog {written}", err=True)
+    shown = [0]
+
+    def report(row: dict) -> None:
+        if quiet or row["STATUS"] == "ok":
+            return
+        shown[0] += 1
+        if shown[0] <= MAX_FAILURE_LINES:
+            click.echo(f"failed: {row['MESSAGE']}", err=True)
+        elif shown[0] == MAX_FAILURE_LINES + 1:
+            click.echo(f"failed: ... further failures are listed only in the catalog", err=True)
+
+    n_resumed = journal.n_done
+    skipped, seconds = run_items(items, predictor, journal, start=journal.n_done, batch_size=batch_size,
+                                 read_workers=read_workers, progress=show_bar, on_row=report)
+    journal.close()
+    summary = RunSummary(n_inputs=len(items), n_files_failed=journal.n_files_failed, n_spectra=journal.n_rows,
+                         n_failed=journal.n_failed, seconds=seconds, backend=backend.describe(), n_skipped=skipped,
+                         n_resumed=n_resumed)
+    pdf = PdfSource(predictor.centres, journal.pdf_chunks) if nbins else None
+    try:
+        written = write_catalog(output, journal.rows, provenance_header(package, summary), pdf)
+    except OSError as exc:
+        click.echo(f"fnet-run: cannot write the catalog {output}: {exc.strerror or exc}. Every row is kept in "
+                   f"{journal.path}: free the space (or fix the folder) and rerun with --resume to write it", err=True)
+        sys.exit(EXIT_NO_CATALOG)
+    journal.remove()
+    rate = (summary.n_spectra - 0) / seconds if seconds > 0 else float("nan")
+    click.echo(f"fnet-run: {summary.n_spectra} rows from {summary.n_inputs} inputs in {seconds:.1f} s "
+               f"({rate:.1f}/s, {summary.backend}); {summary.n_failed} failed"
+               + (f"; {n_resumed} inputs from the resumed run" if n_resumed else "")
+               + (f"; {skipped} earlier catalogs in folders skipped" if skipped else "")
+               + f"; catalog {written}", err=True)
     sys.exit(EXIT_SOME_FAILED if summary.n_failed else EXIT_OK)
 
 

@@ -39,34 +39,42 @@ def test_an_extreme_pixel_only_affects_its_own_spectrum():
     assert np.allclose(ragged.x[others], clean.x[others])
 
 
-class FailingOnce:
-    """A backend wrapper whose second call raises, like a GPU running out of memory on one batch."""
+class Choosy:
+    """A backend that runs out of memory on batches of more than two and chokes on one particular spectrum."""
 
-    def __init__(self, backend):
-        self.backend, self.calls, self.name = backend, 0, "failing-once"
+    def __init__(self, backend, poison: np.ndarray):
+        self.backend, self.poison, self.name, self.calls = backend, poison, "choosy", 0
 
     def run(self, x):
         self.calls += 1
-        if self.calls == 2:
+        if len(x) > 2:
             raise MemoryError("simulated out-of-memory")
+        if any(np.array_equal(row, self.poison) for row in x):
+            raise ValueError("simulated kernel failure")
         return self.backend.run(x)
 
     def describe(self):
         return self.name
 
 
-def test_a_failing_batch_fails_its_rows_and_the_run_goes_on(tmp_path):
-    files = sorted(require_shared("sdss", "dr16").glob("spec-3655-*.fits"))[:12]
-    model = make_tiny_model(tmp_path / "m.onnx", REGRESSION)
+def test_a_failing_batch_is_split_until_only_the_failing_spectrum_fails(tmp_path):
     from fnet.runtime.model_package import load_model_package
+    from fnet.runtime.preprocess import prepare_spectra
+    from fnet.runtime.readers import read_spectra
 
-    package = load_model_package(model)
-    catalog, summary = run_catalog([str(f) for f in files], package, FailingOnce(open_backend(package, "cpu")),
-                                   batch_size=4)
+    files = sorted(require_shared("sdss", "dr16").glob("spec-3655-*.fits"))[:12]
+    package = load_model_package(make_tiny_model(tmp_path / "m.onnx", REGRESSION))
+    cpu = open_backend(package, "cpu")
+    poison = prepare_spectra(read_spectra(files[5]), package.grid, package.normalisation).x[0]
+    catalog, summary = run_catalog([str(f) for f in files], package, Choosy(cpu, poison), batch_size=8)
+    reference, _ = run_catalog([str(f) for f in files], package, cpu, batch_size=8)
     status = [r["STATUS"] for r in catalog.rows]
-    assert status == ["ok"] * 4 + ["failed"] * 4 + ["ok"] * 4
-    assert all("simulated out-of-memory" in r["MESSAGE"] and r["ZWARN"] & ZWarn.BAD_INPUT for r in catalog.rows[4:8])
-    assert summary.n_failed == 4 and [r["SOURCE"] for r in catalog.rows] == [str(f) for f in files]
+    assert status == ["ok"] * 5 + ["failed"] + ["ok"] * 6
+    assert "inference failed: ValueError: simulated kernel failure" in catalog.rows[5]["MESSAGE"]
+    assert catalog.rows[5]["ZWARN"] & ZWarn.BAD_INPUT
+    ok = [i for i in range(12) if i != 5]
+    assert [catalog.rows[i]["Z"] for i in ok] == [reference.rows[i]["Z"] for i in ok]  # same numbers, bit for bit
+    assert summary.n_failed == 1 and [r["SOURCE"] for r in catalog.rows] == [str(f) for f in files]
 
 
 def test_list_files_resolve_relative_paths_and_refuse_loops(tmp_path):

@@ -1,11 +1,13 @@
-"""The output catalog: one row per spectrum (or per unreadable file), written atomically as FITS, CSV or Parquet."""
+"""The output catalog: one row per spectrum (or per unreadable file), streamed atomically into FITS, CSV or Parquet."""
 
 from __future__ import annotations
 
 import csv
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -33,9 +35,70 @@ COLUMNS: dict[str, tuple[str, Any, str, str]] = {
 }
 
 
+#: Longest MESSAGE kept: one file with thousands of HDUs must not make the column that wide for every row.
+MAX_MESSAGE = 500
+_INT_RANGE = {"i4": (-(2**31), 2**31 - 1), "i8": (-(2**63), 2**63 - 1)}
+
+
+def printable(value: Any) -> str:
+    """Text safe for every writer: undecodable bytes of file names (surrogate escapes) become \\xNN."""
+    if isinstance(value, (bytes, np.bytes_)):
+        value = bytes(value).decode("utf-8", "backslashreplace")
+    text = str(value)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text
+
+
+def cap_message(text: str, limit: int = MAX_MESSAGE) -> str:
+    """The message, cut to `limit` characters with a note of how much was left out."""
+    if len(text) <= limit:
+        return text
+    tail = f" ... [{len(text) - limit} more characters]"
+    return text[: limit - len(tail)] + tail
+
+
+def make_row(values: dict[str, Any]) -> dict[str, Any]:
+    """One schema-typed row: unknown keys are an error; a value of the wrong type becomes the fill value plus a note.
+
+    This is the last line of defence before the writers: whatever a reader let through, the row is
+    writable as FITS, CSV and Parquet.
+    """
+    unknown = set(values) - set(COLUMNS)
+    if unknown:
+        raise KeyError(f"unknown catalog columns: {sorted(unknown)}")
+    row: dict[str, Any] = {}
+    notes: list[str] = []
+    for name, (kind, fill, _, _) in COLUMNS.items():
+        value = values.get(name, fill)
+        if kind == "U":
+            row[name] = printable(value)
+            continue
+        try:
+            if kind in _INT_RANGE:
+                if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+                    raise ValueError
+                number = int(value)
+                lo, hi = _INT_RANGE[kind]
+                if not lo <= number <= hi or isinstance(value, (bool, np.bool_)):
+                    raise ValueError
+            else:
+                number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            notes.append(f"{name} {printable(repr(value))[:40]} is not a valid {kind} value: left blank")
+            number = fill
+        row[name] = number
+    extra = "; ".join(notes)
+    message = cap_message(row["MESSAGE"], MAX_MESSAGE - len(extra) - 2) if extra else row["MESSAGE"]
+    row["MESSAGE"] = cap_message("; ".join(filter(None, [message, extra])))
+    return row
+
+
 @dataclass
 class Catalog:
-    """Column-oriented rows plus header provenance; append rows, then write once."""
+    """Rows held in memory plus header provenance (the Python API; fnet-run streams rows through a RunJournal)."""
 
     rows: list[dict[str, Any]] = field(default_factory=list)
     header: dict[str, Any] = field(default_factory=dict)
@@ -43,11 +106,8 @@ class Catalog:
     pdf_z: np.ndarray | None = None
 
     def add(self, **values: Any) -> None:
-        """Append one row; unknown keys are an error, missing keys take the schema's fill value."""
-        unknown = set(values) - set(COLUMNS)
-        if unknown:
-            raise KeyError(f"unknown catalog columns: {sorted(unknown)}")
-        self.rows.append({name: values.get(name, spec[1]) for name, spec in COLUMNS.items()})
+        """Append one row (see make_row): missing keys take the schema's fill value."""
+        self.rows.append(make_row(values))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -65,86 +125,28 @@ class Catalog:
         """Rows whose STATUS is not ok."""
         return sum(r["STATUS"] != "ok" for r in self.rows)
 
-    def to_table(self, ascii_strings: bool = False):
-        """An astropy Table with units, descriptions and header metadata (FITS needs ASCII strings)."""
-        from astropy.table import Table
-
-        table = Table()
-        for name, (kind, _, unit, desc) in COLUMNS.items():
-            values = self.column(name)
-            if ascii_strings and kind == "U":  # FITS strings are ASCII: escape, never fail, e.g. "/data/\\xc5ngstr..."
-                values = np.char.encode(values, "ascii", "backslashreplace")
-            table[name] = values
-            table[name].description = desc
-            if unit:
-                table[name].unit = unit
-        table.meta.update(self.header)
-        return table
-
     def write(self, path: str | Path) -> Path:
         """Write atomically (temp file in the same folder, then rename); format from the extension."""
-        path = Path(path)
-        suffix = check_output_path(path)
-        writers = {".fits": self._write_fits, ".fit": self._write_fits, ".fits.gz": self._write_fits,
-                   ".csv": self._write_csv, ".parquet": self._write_parquet}
-        with atomic_path(path) as tmp:
-            writers[suffix](tmp, gz=suffix == ".fits.gz")
-        return path
-
-    def _write_fits(self, path: Path, gz: bool = False) -> None:
-        from astropy.io import fits
-
-        table = self.to_table(ascii_strings=True)
-        table.meta.clear()  # header cards are set below, ASCII-escaped
-        hdu = fits.BinTableHDU(table, name="FNET")
-        for key, value in self.header.items():
-            if isinstance(value, str):
-                value = value.encode("ascii", "backslashreplace").decode("ascii")
-            hdu.header[key[:8]] = value
-        for bit in ZWarn:
-            hdu.header[f"ZWB{bit.bit_length() - 1}"] = (bit.name, f"ZWARN bit {bit.bit_length() - 1}")
-        hdus = [fits.PrimaryHDU(), hdu]
+        pdf = None
         if self.pdf is not None:
-            pdf_hdu = fits.ImageHDU(self.pdf.astype(np.float32), name="ZPDF")
-            pdf_hdu.header["COMMENT"] = "P(z) per catalog row (rows of failed spectra are zero)"
-            hdus.append(pdf_hdu)
-            hdus.append(fits.ImageHDU(self.pdf_z.astype(np.float64), name="ZPDF_Z"))
-        if gz:
-            import gzip
-            import io
+            pdf = PdfSource(self.pdf_z, lambda: iter([self.pdf]))
+        return write_catalog(path, lambda: iter(self.rows), self.header, pdf)
 
-            buf = io.BytesIO()
-            fits.HDUList(hdus).writeto(buf)
-            with gzip.open(path, "wb") as fh:
-                fh.write(buf.getvalue())
-        else:
-            fits.HDUList(hdus).writeto(path, overwrite=True)
 
-    def _write_csv(self, path: Path, gz: bool = False) -> None:
-        with open(path, "w", newline="") as fh:
-            for key, value in self.header.items():
-                fh.write(f"# {key} = {value}\n")
-            writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
-            writer.writeheader()
-            for row in self.rows:
-                writer.writerow(row)
+@dataclass
+class PdfSource:
+    """P(z) rows for a catalog: bin centres and a factory of (k, nbins) float32 chunks in row order."""
 
-    def _write_parquet(self, path: Path, gz: bool = False) -> None:
-        try:
-            import pyarrow as pa
-            import pyarrow.parquet as pq
-        except ImportError:
-            raise ValueError(f"{path}: Parquet output needs pyarrow (pip install 'fnet-qso[parquet]')") from None
-        table = pa.table({name: self.column(name) for name in COLUMNS})
-        table = table.replace_schema_metadata({str(k): str(v) for k, v in self.header.items()})
-        pq.write_table(table, path)
+    centres: np.ndarray
+    chunks: Callable[[], Iterator[np.ndarray]]
 
 
 OUTPUT_SUFFIXES = (".fits", ".fit", ".fits.gz", ".csv", ".parquet")
+_CHUNK_ROWS = 8192  # rows encoded at once: bounds the writers' memory whatever the catalog's length
 
 
-def check_output_path(path: str | Path) -> str:
-    """The catalog format suffix of `path`; ValueError naming the path when it cannot be written."""
+def output_suffix(path: str | Path) -> str:
+    """The catalog format suffix of `path`; ValueError naming the path when it is not a catalog format."""
     path = Path(path)
     name = path.name.lower()
     suffix = ".fits.gz" if name.endswith(".fits.gz") else path.suffix.lower()
@@ -158,6 +160,209 @@ def check_output_path(path: str | Path) -> str:
     return suffix
 
 
+def check_output_path(path: str | Path) -> str:
+    """Refuse, before any work, an output that cannot be written or must not be replaced; returns its suffix.
+
+    Raises ValueError naming the path: unknown format, an existing folder, a parent that is a file, a
+    folder where no file can be created (read-only, immutable, /proc, /sys), or an existing file that is
+    not an fnet catalog (fnet-run replaces only its own catalogs, never a spectrum or anything else).
+    """
+    path = Path(path)
+    suffix = output_suffix(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder; give a catalog file name such as {path / 'catalog.fits'}")
+    if os.path.lexists(path) and not is_fnet_catalog(path):
+        raise ValueError(f"{path}: exists and is not an fnet catalog; refusing to overwrite it "
+                         "(choose another output name or remove the file)")
+    parent = path.parent if str(path.parent) else Path(".")
+    existing = parent
+    while not existing.exists():
+        if existing == existing.parent:
+            break
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        raise ValueError(f"{path}: {existing} is a file, so no folder can be made there")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot write in {parent}: {exc.strerror or exc}") from None
+    return suffix
+
+
+def is_fnet_catalog(path: str | Path) -> bool:
+    """True when `path` holds a catalog written by fnet-run (FITS HDU FNET, CSV/Parquet with FNETVER)."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            return False
+        with open(path, "rb") as fh:
+            head = fh.read(2 * 2880 + 80 * 200)
+    except OSError:
+        return False
+    if head.startswith(b"\x1f\x8b"):
+        import gzip
+
+        try:
+            with gzip.open(path, "rb") as fh:
+                head = fh.read(6 * 2880)
+        except (OSError, EOFError):
+            return False
+    if head.startswith(b"SIMPLE"):
+        return b"EXTNAME = 'FNET" in head and b"FNETVER" in head
+    if head.startswith(b"# FNETVER"):
+        return True
+    if head.startswith(b"PAR1"):
+        try:
+            import pyarrow.parquet as pq
+
+            return b"FNETVER" in (pq.read_schema(path).metadata or {})
+        except Exception:
+            return False
+    return False
+
+
+def write_catalog(path: str | Path, rows: Callable[[], Iterable[dict]], header: dict[str, Any],
+                  pdf: PdfSource | None = None) -> Path:
+    """Stream rows (a factory: FITS reads them twice) into a FITS, FITS.gz, CSV or Parquet catalog, atomically."""
+    path = Path(path)
+    suffix = output_suffix(path)
+    with atomic_path(path) as tmp:
+        if suffix in (".fits", ".fit"):
+            with open(tmp, "wb") as fh:
+                _write_fits(fh, rows, header, pdf)
+        elif suffix == ".fits.gz":
+            import gzip
+
+            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as fh:
+                _write_fits(fh, rows, header, pdf)
+        elif suffix == ".csv":
+            _write_csv(tmp, rows(), header)
+        else:
+            _write_parquet(tmp, rows(), header)
+    return path
+
+
+def _fits_text(value: Any) -> bytes:
+    """FITS strings are ASCII: escape, never fail, e.g. "/data/\\xc5ngstr..."."""
+    return printable(value).encode("ascii", "backslashreplace")
+
+
+_FITS_CODES = {"i4": ("J", ">i4"), "i8": ("K", ">i8"), "f4": ("E", ">f4"), "f8": ("D", ">f8")}
+
+
+def _pad(fh: BinaryIO, nbytes: int) -> None:
+    """Zero padding to the next 2880-byte block after `nbytes` of data."""
+    fh.write(b"\0" * (-nbytes % 2880))
+
+
+def _write_fits(fh: BinaryIO, rows: Callable[[], Iterable[dict]], header: dict[str, Any],
+                pdf: PdfSource | None) -> None:
+    """Primary HDU, the FNET binary table (written in chunks), then ZPDF / ZPDF_Z when P(z) is kept."""
+    from astropy.io import fits
+
+    text_cols = [n for n, spec in COLUMNS.items() if spec[0] == "U"]
+    widths = {n: 1 for n in text_cols}
+    nrows = 0
+    for row in rows():  # first pass: row count and string widths, so the header can be written first
+        nrows += 1
+        for name in text_cols:
+            widths[name] = max(widths[name], len(_fits_text(row[name])))
+    columns = []
+    formats = []
+    for name, (kind, _, unit, desc) in COLUMNS.items():
+        code, dtype = (f"{widths[name]}A", f"S{widths[name]}") if kind == "U" else _FITS_CODES[kind]
+        columns.append(fits.Column(name=name, format=code, unit=unit or None))
+        formats.append((name, dtype))
+    table = fits.BinTableHDU.from_columns(columns, nrows=0, name="FNET")
+    hdr = table.header
+    hdr["NAXIS2"] = nrows
+    for i, (name, (_, _, _, desc)) in enumerate(COLUMNS.items(), start=1):
+        hdr.comments[f"TTYPE{i}"] = desc[:47]
+    for key, value in header.items():
+        hdr[key[:8]] = _fits_text(value).decode("ascii") if isinstance(value, str) else value
+    for bit in ZWarn:
+        hdr[f"ZWB{bit.bit_length() - 1}"] = (bit.name, f"ZWARN bit {bit.bit_length() - 1}")
+    primary = fits.PrimaryHDU().header
+    primary["EXTEND"] = True
+    fh.write(primary.tostring().encode("ascii"))
+    fh.write(hdr.tostring().encode("ascii"))
+    dtype = np.dtype(formats)
+    written = 0
+    chunk: list[tuple] = []
+
+    def emit() -> None:
+        nonlocal written
+        block = np.array(chunk, dtype=dtype)
+        fh.write(block.tobytes())
+        written += block.nbytes
+        chunk.clear()
+
+    for row in rows():
+        chunk.append(tuple(_fits_text(row[n]) if COLUMNS[n][0] == "U" else row[n] for n in COLUMNS))
+        if len(chunk) >= _CHUNK_ROWS:
+            emit()
+    if chunk:
+        emit()
+    if written != nrows * dtype.itemsize:
+        raise RuntimeError(f"catalog rows changed while being written ({written} bytes for {nrows} rows)")
+    _pad(fh, written)
+    if pdf is None:
+        return
+    nbins = len(pdf.centres)
+    image = fits.Header([("XTENSION", "IMAGE"), ("BITPIX", -32), ("NAXIS", 2), ("NAXIS1", nbins),
+                         ("NAXIS2", nrows), ("PCOUNT", 0), ("GCOUNT", 1), ("EXTNAME", "ZPDF")])
+    image["COMMENT"] = "P(z) per catalog row (rows of failed spectra are zero)"
+    fh.write(image.tostring().encode("ascii"))
+    written = 0
+    for block in pdf.chunks():
+        data = np.asarray(block, dtype=">f4").reshape(-1, nbins)
+        fh.write(data.tobytes())
+        written += data.nbytes
+    if written != nrows * nbins * 4:
+        raise RuntimeError(f"P(z) rows ({written // (4 * nbins)}) do not match catalog rows ({nrows})")
+    _pad(fh, written)
+    centres = fits.ImageHDU(np.asarray(pdf.centres, dtype=np.float64), name="ZPDF_Z")
+    fh.write(centres.header.tostring().encode("ascii"))
+    data = np.asarray(pdf.centres, dtype=">f8").tobytes()
+    fh.write(data)
+    _pad(fh, len(data))
+
+
+def _write_csv(path: Path, rows: Iterable[dict], header: dict[str, Any]) -> None:
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        for key, value in header.items():
+            fh.write(f"# {key} = {printable(value)}\n")
+        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row)
+
+
+def _write_parquet(path: Path, rows: Iterable[dict], header: dict[str, Any]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    types = {"U": pa.string(), "i4": pa.int32(), "i8": pa.int64(), "f4": pa.float32(), "f8": pa.float64()}
+    schema = pa.schema([(name, types[spec[0]]) for name, spec in COLUMNS.items()],
+                       metadata={str(k): printable(v) for k, v in header.items()})
+    with pq.ParquetWriter(path, schema) as writer:
+        chunk: list[dict] = []
+
+        def emit() -> None:
+            writer.write_table(pa.Table.from_pylist(chunk, schema=schema))
+            chunk.clear()
+
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) >= _CHUNK_ROWS:
+                emit()
+        if chunk:
+            emit()
+
+
 def read_catalog(path: str | Path):
     """Read a catalog written by fnet-run back into an astropy Table (FITS, CSV or Parquet)."""
     from astropy.table import Table
@@ -165,7 +370,7 @@ def read_catalog(path: str | Path):
     path = Path(path)
     if path.suffix.lower() == ".csv":
         table = Table.read(path, format="ascii.csv", comment="#")
-        with open(path) as fh:  # provenance lines "# KEY = value" written by _write_csv
+        with open(path, encoding="utf-8") as fh:  # provenance lines "# KEY = value" written by _write_csv
             for line in fh:
                 if not line.startswith("# "):
                     break

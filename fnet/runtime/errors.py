@@ -25,3 +25,7 @@ class ModelPackageError(FNetError):
 
 class BackendUnavailable(FNetError):
     """The requested inference backend (CUDA, TensorRT, ...) is not installed or has no device."""
+
+
+class CatalogFileError(SpectrumReadError):
+    """The file is a catalog written by fnet-run, not spectra (skipped when found in a folder)."""

@@ -1,13 +1,15 @@
 """One-way flow: reader -> Spectrum -> preprocessing -> backend -> head decoding -> catalog rows.
 
-Files are read in a small thread pool ahead of inference; spectra are batched across files;
-a failure (file or spectrum) becomes a failed catalog row and never stops the run.
+Files are read in a small thread pool ahead of inference; spectra are batched across files. Every
+step is isolated: a file that cannot be read, a spectrum preprocessing cannot handle, a batch the
+backend fails on (it is split until the failing spectrum is found) or an output that is not finite
+becomes one failed row, and the run goes on. Rows leave in input order, input by input, to a sink:
+an in-memory Catalog (Python API) or the run journal (fnet-run), so memory holds one batch, not the
+catalog.
 """
 
 from __future__ import annotations
 
-import glob
-import os
 import sys
 import time
 from collections import deque
@@ -15,121 +17,89 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Protocol, Sequence
 
 import numpy as np
 
 from .. import __version__
 from .backends import Backend
-from .catalog import Catalog
-from .errors import SpectrumReadError
+from .catalog import Catalog, make_row
+from .errors import CatalogFileError, SpectrumReadError
 from .heads import bin_centres, decode
+from .inputs import InputItem, expand_inputs
 from .model_package import ModelPackage
-from .preprocess import prepare_spectra
-from .readers import read_spectra
+from .preprocess import Prepared, prepare_spectra
+from .readers import NO_GOOD_PIXELS_NOTE, read_spectra
 from .spectrum import Spectrum
 from .zwarn import ZWarn, compute_zwarn
 
-SPECTRA_PATTERNS = ("*.fits", "*.fit", "*.fits.gz", "*.fit.gz", "*.fits.fz")
+__all__ = ["InputItem", "expand_inputs", "Predictor", "RunSummary", "run_items", "run_catalog", "provenance_header"]
+
 META_COLUMNS = ("PLATE", "MJD", "FIBERID", "TARGETID", "RA", "DEC")
-
-
-@dataclass
-class InputItem:
-    """A path to read, or an input that could not even be resolved (reported as a failed row)."""
-
-    path: str
-    problem: str | None = None
-
-
-def expand_inputs(items: Sequence[str], exclude: Sequence[str | Path] = (), _lists: tuple = ()) -> list[InputItem]:
-    """Files, globs, directories (searched recursively for FITS files) and @list.txt files, in order.
-
-    Paths in a list file are relative to the list file's folder. `exclude` drops paths such as the
-    run's own output catalog, so re-running into the same folder does not read last run's catalog.
-    """
-    skip = {os.path.realpath(p) for p in exclude}
-    out: list[InputItem] = []
-
-    def add(path: str) -> None:
-        if os.path.realpath(path) not in skip:
-            out.append(InputItem(path))
-
-    for item in items:
-        if item.startswith("@"):
-            list_path = Path(item[1:])
-            if not list_path.is_file():
-                out.append(InputItem(item, f"list file {list_path} not found"))
-                continue
-            if list_path.resolve() in _lists:
-                out.append(InputItem(item, f"list file {list_path} includes itself"))
-                continue
-            lines = [ln.strip() for ln in list_path.read_text().splitlines()]
-            entries = [ln for ln in lines if ln and not ln.startswith("#")]
-            if not entries:
-                out.append(InputItem(item, f"list file {list_path} names no input"))
-            base = list_path.parent
-            resolved = [e if e.startswith("@") or os.path.isabs(e) else str(base / e) for e in entries]
-            resolved = ["@" + str(base / e[1:]) if e.startswith("@") and not os.path.isabs(e[1:]) else e
-                        for e in resolved]
-            out.extend(expand_inputs(resolved, exclude, _lists + (list_path.resolve(),)))
-        elif os.path.isdir(item):
-            found = sorted({str(p) for pat in SPECTRA_PATTERNS for p in Path(item).rglob(pat)})
-            if not found:
-                out.append(InputItem(item, "directory contains no FITS files"))
-            for p in found:
-                add(p)
-        elif glob.has_magic(item):
-            found = sorted(glob.glob(item, recursive=True))
-            if not found:
-                out.append(InputItem(item, "no file matches"))
-            for p in found:
-                add(p)
-        else:
-            out.append(InputItem(item))
-    return out
+# A spectrum needs this share of the model grid (and at least MIN_GOOD_PIXELS pixels) to be measured at
+# all: a redshift from a handful of pixels is noise, whatever COVERAGE says.
+MIN_GOOD_FRACTION = 0.02
+MIN_GOOD_PIXELS = 10
+# Beyond these a spectrum's numbers are not what any spectrograph records (ZWARN IMPLAUSIBLE_DATA).
+MAX_PLAUSIBLE_FLUX = 1e12  # median |flux| in the file's units (SDSS/DESI: 1e-17 erg/s/cm2/A)
+MAX_PLAUSIBLE_SN = 1e4  # median S/N per model-grid pixel
 
 
 @dataclass
 class _FileResult:
+    index: int
     item: InputItem
     spectra: list[Spectrum] = field(default_factory=list)
     problem: str | None = None
+    skip: bool = False  # an earlier run's catalog found in a folder: no row
 
 
-def _read(item: InputItem) -> _FileResult:
+def _read(index: int, item: InputItem) -> _FileResult:
     if item.problem:
-        return _FileResult(item, problem=item.problem)
+        return _FileResult(index, item, problem=item.problem)
     try:
-        return _FileResult(item, spectra=read_spectra(item.path))
+        return _FileResult(index, item, spectra=read_spectra(item.path))
+    except CatalogFileError as exc:
+        return _FileResult(index, item, problem=exc.problem, skip=item.from_folder)
     except SpectrumReadError as exc:
-        return _FileResult(item, problem=exc.problem)
+        return _FileResult(index, item, problem=exc.problem)
+    except MemoryError:
+        return _FileResult(index, item, problem="not enough memory to read this file")
     except Exception as exc:  # a reader bug must not lose the other files' rows
-        return _FileResult(item, problem=f"unexpected {type(exc).__name__}: {exc}")
+        return _FileResult(index, item, problem=f"unexpected {type(exc).__name__} while reading (a bug: please "
+                                                 f"report it): {exc}")
 
 
-def _prefetch(items: Sequence[InputItem], workers: int, ahead: int) -> Iterator[_FileResult]:
+def _prefetch(items: Sequence[InputItem], start: int, workers: int, ahead: int) -> Iterator[_FileResult]:
     """Read files in a thread pool, at most `ahead` in flight, yielding results in input order."""
+    numbered = list(enumerate(items, start=start))
     if workers <= 1:
-        yield from (_read(i) for i in items)
+        yield from (_read(i, item) for i, item in numbered)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
-        it = iter(items)
-        for item in it:
-            pending.append(pool.submit(_read, item))
+        it = iter(numbered)
+        for i, item in it:
+            pending.append(pool.submit(_read, i, item))
             if len(pending) >= ahead:
                 break
         while pending:
             result = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(_read, nxt))
+                pending.append(pool.submit(_read, *nxt))
             yield result
 
 
 def _meta_values(spec: Spectrum) -> dict:
     return {k: spec.meta[k] for k in META_COLUMNS if spec.meta.get(k) is not None}
+
+
+def _plain(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+Row = tuple[dict, "np.ndarray | None"]
 
 
 class Predictor:
@@ -139,39 +109,139 @@ class Predictor:
         self.package = package
         self.backend = backend
         self.centres = bin_centres(package.head) if package.head["kind"] == "zbins" else None
+        self.min_pixels = max(MIN_GOOD_PIXELS, int(round(MIN_GOOD_FRACTION * package.grid.npix)))
+
+    def rows(self, spectra: Sequence[Spectrum]) -> list[Row]:
+        """One (catalog row, P(z) or None) per spectrum, in order; failures become failed rows."""
+        out: list[Row | None] = [None] * len(spectra)
+        prepared, ok = self._prepare(spectra, out)
+        usable = [i for i in ok if self._usable(spectra[i], prepared[i], out, i)]
+        if usable:
+            x = np.concatenate([prepared[i].x for i in usable])
+            outputs, errors = self._infer(x)
+            for k, problem in errors.items():
+                out[usable[k]] = self._failed(spectra[usable[k]], f"inference failed: {problem}", prepared[usable[k]])
+            done = [k for k in range(len(usable)) if k not in errors]
+            if done:
+                self._decode([usable[k] for k in done], {n: v[done] for n, v in outputs.items()},
+                             spectra, prepared, out)
+        if any(row is None for row in out):
+            raise RuntimeError(f"{sum(r is None for r in out)} spectra got no catalog row (a bug)")
+        return out
 
     def predict(self, spectra: Sequence[Spectrum], catalog: Catalog, pdf_rows: list | None = None) -> None:
-        """Append one catalog row per spectrum (failed rows for spectra with no usable pixel)."""
-        pkg = self.package
-        prepared = prepare_spectra(spectra, pkg.grid, pkg.normalisation)
-        usable = prepared.good.any(axis=1)
-        idx = np.flatnonzero(usable)
-        z = z_err = zwarn = pdf = None
-        if idx.size:
-            outputs = self.backend.run(prepared.x[idx])
-            decoded = decode(outputs, pkg.head)
-            z, z_err, pdf = decoded.z, decoded.z_err, decoded.pdf
-            zwarn = compute_zwarn(coverage=prepared.coverage[idx], sn_median=prepared.sn_median[idx],
-                                  ivar_known=np.array([spectra[i].ivar_known for i in idx]), z=z, z_err=z_err,
-                                  z_range=pkg.z_range, quality=pkg.quality, pdf=pdf, centres=self.centres)
-        pos = {int(i): k for k, i in enumerate(idx)}
-        for i, spec in enumerate(spectra):
-            base = dict(SOURCE=spec.source, ROW=spec.row, FORMAT=spec.format, **_meta_values(spec),
-                        COVERAGE=float(prepared.coverage[i]))
-            if i not in pos:
-                catalog.add(**base, STATUS="failed", ZWARN=int(ZWarn.BAD_INPUT),
-                            MESSAGE=f"{spec.source}[{spec.row}]: no usable pixel on the model grid "
-                                    "(flux NaN/inf everywhere, ivar all zero, or no overlap with "
-                                    f"{pkg.grid.wavelength_range[0]:.0f}-{pkg.grid.wavelength_range[1]:.0f} A)")
-                if pdf_rows is not None:
-                    pdf_rows.append(None)
-                continue
-            k = pos[i]
-            notes = list(spec.notes) + _flag_notes(int(zwarn[k]), float(prepared.coverage[i]))
-            catalog.add(**base, Z=float(z[k]), Z_ERR=float(z_err[k]), ZWARN=int(zwarn[k]),
-                        SN_MEDIAN=float(prepared.sn_median[i]), STATUS="ok", MESSAGE="; ".join(notes))
+        """Append one row per spectrum to an in-memory catalog (and its P(z) to pdf_rows)."""
+        for row, pdf in self.rows(spectra):
+            catalog.rows.append(row)
             if pdf_rows is not None:
-                pdf_rows.append(None if pdf is None else pdf[k])
+                pdf_rows.append(pdf)
+
+    # -- steps -----------------------------------------------------------------------------------------
+
+    def _prepare(self, spectra: Sequence[Spectrum], out: list) -> tuple[list[Prepared | None], list[int]]:
+        """Per-spectrum Prepared views; a spectrum preprocessing raises on fails alone, not its batch."""
+        pkg = self.package
+        try:
+            batch = prepare_spectra(spectra, pkg.grid, pkg.normalisation)
+            return [batch.row(i) for i in range(len(spectra))], list(range(len(spectra)))
+        except Exception:
+            pass  # find the spectrum at fault: one at a time
+        prepared: list[Prepared | None] = []
+        ok = []
+        for i, spec in enumerate(spectra):
+            try:
+                prepared.append(prepare_spectra([spec], pkg.grid, pkg.normalisation).row(0))
+                ok.append(i)
+            except Exception as exc:
+                prepared.append(None)
+                out[i] = self._failed(spec, f"preprocessing failed (a bug: please report it): {_plain(exc)}")
+        return prepared, ok
+
+    def _usable(self, spec: Spectrum, prep: Prepared, out: list, i: int) -> bool:
+        """False (and a failed row) when a spectrum has too little or meaningless data to measure."""
+        n_good = int(prep.good.sum())
+        if n_good == 0:
+            lo, hi = self.package.grid.wavelength_range
+            why = (NO_GOOD_PIXELS_NOTE if NO_GOOD_PIXELS_NOTE in spec.notes else
+                   f"no usable pixel on the model grid (flux NaN/inf everywhere, ivar all zero, or no overlap with "
+                   f"{lo:.0f}-{hi:.0f} A; the spectrum covers {spec.wavelength[0]:.0f}-{spec.wavelength[-1]:.0f} A)")
+            out[i] = self._failed(spec, why, prep)
+            return False
+        if n_good < self.min_pixels:
+            out[i] = self._failed(spec, f"only {n_good} usable pixels on the model grid (at least {self.min_pixels} "
+                                        "are needed for a redshift)", prep)
+            return False
+        values = prep.flux[0][prep.good[0]]
+        if np.ptp(values) == 0:
+            out[i] = self._failed(spec, f"flux is the same value ({values[0]:.4g}) at every usable pixel: there is "
+                                        "nothing to measure", prep)
+            return False
+        return True
+
+    def _infer(self, x: np.ndarray) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+        """Backend outputs for all rows (zeros where a row failed) and a problem for each failed row.
+
+        A failing batch (out of memory, one input the backend chokes on) is split in halves until the
+        failing rows are alone, so they fail by themselves and the rest of the batch gets its redshifts.
+        """
+        try:
+            return self.backend.run(x), {}
+        except Exception as exc:
+            if len(x) == 1:
+                return {}, {0: _plain(exc)}
+        half = len(x) // 2
+        parts = [self._infer(x[:half]), self._infer(x[half:])]
+        errors = {**parts[0][1], **{half + k: v for k, v in parts[1][1].items()}}
+        template = next((outs for outs, _ in parts if outs), None)
+        if template is None:
+            return {}, errors
+        sizes = (half, len(x) - half)
+        outputs = {name: np.concatenate([outs[name] if outs else np.zeros((n,) + ref.shape[1:], ref.dtype)
+                                         for (outs, _), n in zip(parts, sizes)])
+                   for name, ref in template.items()}
+        return outputs, errors
+
+    def _decode(self, idx: list[int], outputs: dict[str, np.ndarray], spectra: Sequence[Spectrum],
+                prepared: list, out: list) -> None:
+        """Z, Z_ERR, ZWARN and the ok rows for the spectra the backend ran."""
+        pkg = self.package
+        decoded = decode(outputs, pkg.head)
+        preps = [prepared[i] for i in idx]
+        coverage = np.array([p.coverage[0] for p in preps])
+        sn = np.array([p.sn_median[0] for p in preps])
+        zwarn = compute_zwarn(coverage=coverage, sn_median=sn, ivar_known=np.array([spectra[i].ivar_known for i in idx]),
+                              z=decoded.z, z_err=decoded.z_err, z_range=pkg.z_range, quality=pkg.quality,
+                              pdf=decoded.pdf, centres=self.centres)
+        for k, i in enumerate(idx):
+            spec, prep = spectra[i], preps[k]
+            z, z_err = float(decoded.z[k]), float(decoded.z_err[k])
+            if not np.isfinite(z) or (pkg.head["kind"] == "zbins" and not np.isfinite(z_err)):
+                out[i] = self._failed(spec, f"the model gave a non-finite redshift (Z = {z}, Z_ERR = {z_err}): "
+                                            "the input values are outside what it can handle", prep)
+                continue
+            flags = int(zwarn[k]) | self._implausible(prep)
+            notes = list(spec.notes) + _flag_notes(flags, float(prep.coverage[0]))
+            row = make_row(dict(SOURCE=spec.source, ROW=spec.row, FORMAT=spec.format, **_meta_values(spec),
+                                COVERAGE=float(prep.coverage[0]), Z=z, Z_ERR=z_err, ZWARN=flags,
+                                SN_MEDIAN=float(prep.sn_median[0]), STATUS="ok", MESSAGE="; ".join(notes)))
+            out[i] = (row, None if decoded.pdf is None else decoded.pdf[k])
+
+    @staticmethod
+    def _implausible(prep: Prepared) -> int:
+        """ZWARN IMPLAUSIBLE_DATA when flux or S/N are beyond anything a spectrograph records."""
+        good = prep.good[0]
+        scale = float(np.median(np.abs(prep.flux[0][good]))) if good.any() else 0.0
+        sn = float(prep.sn_median[0])
+        if not np.isfinite(scale) or scale > MAX_PLAUSIBLE_FLUX or (np.isfinite(sn) and sn > MAX_PLAUSIBLE_SN):
+            return int(ZWarn.IMPLAUSIBLE_DATA)
+        return 0
+
+    def _failed(self, spec: Spectrum, why: str, prep: Prepared | None = None) -> Row:
+        coverage = float(prep.coverage[0]) if prep is not None else 0.0
+        row = make_row(dict(SOURCE=spec.source, ROW=spec.row, FORMAT=spec.format, **_meta_values(spec),
+                            COVERAGE=coverage, STATUS="failed", ZWARN=int(ZWarn.BAD_INPUT),
+                            MESSAGE=f"{spec.source}[{spec.row}]: {why}"))
+        return row, None
 
 
 def _flag_notes(zwarn: int, coverage: float) -> list[str]:
@@ -180,12 +250,33 @@ def _flag_notes(zwarn: int, coverage: float) -> list[str]:
         notes.append(f"only {coverage:.0%} of the model grid covered")
     if zwarn & ZWarn.Z_OUT_OF_RANGE:
         notes.append("Z at the edge of the training range")
+    if zwarn & ZWarn.IMPLAUSIBLE_DATA:
+        notes.append("flux or S/N far beyond what a spectrograph records: Z not to be trusted")
     return notes
+
+
+class RowSink(Protocol):
+    """Where finished inputs' rows go, in input order."""
+
+    def add(self, index: int, rows: list[dict], pdfs: list) -> None: ...
+
+
+class MemorySink:
+    """Collects rows into an in-memory Catalog (the Python API's run_catalog)."""
+
+    def __init__(self, keep_pdf: bool):
+        self.catalog = Catalog()
+        self.pdfs: list | None = [] if keep_pdf else None
+
+    def add(self, index: int, rows: list[dict], pdfs: list) -> None:
+        self.catalog.rows.extend(rows)
+        if self.pdfs is not None:
+            self.pdfs.extend(pdfs)
 
 
 @dataclass
 class RunSummary:
-    """Counts and timing of one run."""
+    """Counts and timing of one run (counts include inputs finished by an earlier run when resuming)."""
 
     n_inputs: int
     n_files_failed: int
@@ -193,6 +284,8 @@ class RunSummary:
     n_failed: int
     seconds: float
     backend: str
+    n_skipped: int = 0  # earlier catalogs found in folders, not read
+    n_resumed: int = 0  # inputs already done by the run being resumed
 
     @property
     def spectra_per_second(self) -> float:
@@ -200,66 +293,88 @@ class RunSummary:
         return self.n_spectra / self.seconds if self.seconds > 0 else float("nan")
 
 
-def run_catalog(inputs: Sequence[str], package: ModelPackage, backend: Backend, *, batch_size: int = 64,
-                read_workers: int = 2, progress: bool = False, keep_pdf: bool = False,
-                exclude: Sequence[str | Path] = ()) -> tuple[Catalog, RunSummary]:
-    """Run the whole flow over the inputs and return the catalog (not yet written) and a summary."""
+@dataclass
+class _Pending:
+    index: int
+    slots: list  # one Row or None per spectrum still to be predicted
+    skip: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return all(s is not None for s in self.slots)
+
+
+def run_items(items: Sequence[InputItem], predictor: Predictor, sink: RowSink, *, start: int = 0,
+              batch_size: int = 64, read_workers: int = 2, progress: bool = False,
+              on_row: Callable[[dict], None] | None = None) -> tuple[int, float]:
+    """Run items[start:] through the predictor into the sink; returns (inputs skipped, seconds)."""
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
-    items = expand_inputs(inputs, exclude=exclude)
-    catalog = Catalog()
-    predictor = Predictor(package, backend)
-    pdf_rows: list | None = [] if keep_pdf and package.head["kind"] == "zbins" else None
-    batch: list[Spectrum] = []
-    # Rows keep input order: a failed file's row waits until the spectra queued before it are done.
-    n_files_failed = 0
+    pending: deque[_Pending] = deque()
+    batch: list[tuple[_Pending, int, Spectrum]] = []
+    skipped = 0
+
+    def emit_complete() -> None:
+        while pending and pending[0].complete:
+            done = pending.popleft()
+            rows = [] if done.skip else [r for r, _ in done.slots]
+            pdfs = [] if done.skip else [p for _, p in done.slots]
+            sink.add(done.index, rows, pdfs)
+            if on_row is not None:
+                for row in rows:
+                    on_row(row)
 
     def flush() -> None:
-        if not batch:
-            return
-        n_rows, n_pdf = len(catalog.rows), len(pdf_rows or [])
-        try:
-            predictor.predict(batch, catalog, pdf_rows)
-        except Exception as exc:  # e.g. GPU out of memory: this batch fails, the run goes on
-            del catalog.rows[n_rows:]
-            if pdf_rows is not None:
-                del pdf_rows[n_pdf:]
-            for spec in batch:
-                catalog.add(SOURCE=spec.source, ROW=spec.row, FORMAT=spec.format, **_meta_values(spec),
-                            STATUS="failed", ZWARN=int(ZWarn.BAD_INPUT),
-                            MESSAGE=f"{spec.source}[{spec.row}]: inference failed: {type(exc).__name__}: {exc}")
-                if pdf_rows is not None:
-                    pdf_rows.append(None)
-        batch.clear()
+        if batch:
+            results = predictor.rows([spec for _, _, spec in batch])
+            for (entry, slot, _), result in zip(batch, results):
+                entry.slots[slot] = result
+            batch.clear()
+        emit_complete()
 
-    bar = tqdm(total=len(items), unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    for result in _prefetch(items, read_workers, ahead=4 * max(read_workers, 1)):
+    bar = tqdm(total=len(items) - start, unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    for result in _prefetch(items[start:], start, read_workers, ahead=4 * max(read_workers, 1)):
         bar.update(1)
         if result.problem is not None:
-            flush()
-            n_files_failed += 1
-            catalog.add(SOURCE=result.item.path, ROW=-1, STATUS="failed", ZWARN=int(ZWarn.BAD_INPUT),
-                        MESSAGE=f"{result.item.path}: {result.problem}")
-            if pdf_rows is not None:
-                pdf_rows.append(None)
+            skipped += result.skip
+            row = make_row(dict(SOURCE=result.item.path, ROW=-1, STATUS="failed", ZWARN=int(ZWarn.BAD_INPUT),
+                                MESSAGE=f"{result.item.path}: {result.problem}"))
+            pending.append(_Pending(result.index, [] if result.skip else [(row, None)], skip=result.skip))
+            emit_complete()
             continue
-        for spec in result.spectra:
-            batch.append(spec)
+        entry = _Pending(result.index, [None] * len(result.spectra))
+        pending.append(entry)
+        for slot, spec in enumerate(result.spectra):
+            batch.append((entry, slot, spec))
             if len(batch) >= batch_size:
                 flush()
+        result.spectra = []  # rows now hold what is needed: let the arrays go
     flush()
     bar.close()
+    return skipped, time.perf_counter() - t0
 
-    if pdf_rows is not None and predictor.centres is not None:
-        catalog.pdf = np.zeros((len(pdf_rows), len(predictor.centres)), dtype=np.float32)
-        for i, r in enumerate(pdf_rows):
+
+def run_catalog(inputs: Sequence[str], package: ModelPackage, backend: Backend, *, batch_size: int = 64,
+                read_workers: int = 2, progress: bool = False, keep_pdf: bool = False,
+                exclude: Sequence[str | Path] = ()) -> tuple[Catalog, RunSummary]:
+    """Run the whole flow over the inputs and return an in-memory catalog (not yet written) and a summary."""
+    items = expand_inputs(inputs, exclude=exclude)
+    predictor = Predictor(package, backend)
+    keep = keep_pdf and predictor.centres is not None
+    sink = MemorySink(keep)
+    skipped, seconds = run_items(items, predictor, sink, batch_size=batch_size, read_workers=read_workers,
+                                 progress=progress)
+    catalog = sink.catalog
+    if keep:
+        catalog.pdf = np.zeros((len(sink.pdfs), len(predictor.centres)), dtype=np.float32)
+        for i, r in enumerate(sink.pdfs):
             if r is not None:
                 catalog.pdf[i] = r
         catalog.pdf_z = predictor.centres
-    seconds = time.perf_counter() - t0
+    n_files_failed = sum(r["ROW"] == -1 for r in catalog.rows)
     summary = RunSummary(n_inputs=len(items), n_files_failed=n_files_failed, n_spectra=len(catalog),
-                         n_failed=catalog.n_failed, seconds=seconds, backend=backend.describe())
+                         n_failed=catalog.n_failed, seconds=seconds, backend=backend.describe(), n_skipped=skipped)
     catalog.header.update(provenance_header(package, summary))
     return catalog, summary
 
@@ -278,4 +393,6 @@ def provenance_header(package: ModelPackage, summary: RunSummary) -> dict:
         "NFILEBAD": summary.n_files_failed,
         "NSPEC": summary.n_spectra,
         "NFAIL": summary.n_failed,
+        "NSKIP": summary.n_skipped,
+        "NRESUMED": summary.n_resumed,
     }

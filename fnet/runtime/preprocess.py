@@ -50,6 +50,11 @@ class Prepared:
     coverage: np.ndarray  # (n,) fraction of grid pixels that are good
     sn_median: np.ndarray  # (n,) median flux*sqrt(ivar) over good grid pixels (NaN if unknown)
 
+    def row(self, i: int) -> "Prepared":
+        """Spectrum i alone, as a batch of one (views, no copies)."""
+        return Prepared(*(getattr(self, name)[i : i + 1] for name in ("x", "flux", "ivar", "good", "coverage",
+                                                                      "sn_median")))
+
 
 def _as_rows(loglam, *arrays) -> tuple[list[np.ndarray], ...]:
     """Normalise (shared 1-D loglam + 2-D arrays) or ragged sequences into lists of 1-D rows."""

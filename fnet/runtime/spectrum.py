@@ -42,3 +42,63 @@ class Spectrum:
     def wavelength(self) -> np.ndarray:
         """Vacuum wavelength in Angstrom."""
         return 10.0 ** self.loglam
+
+
+#: Identifier and position keys the catalog stores typed: key -> (kind, lowest, highest valid value).
+#: Readers may put anything a file holds into meta; clean_meta makes these keys safe before anything is written.
+META_TYPES: dict[str, tuple[type, float, float]] = {
+    "PLATE": (int, 0, 2**31 - 1),
+    "MJD": (int, 0, 2**31 - 1),
+    "FIBERID": (int, 0, 2**31 - 1),
+    "TARGETID": (int, -(2**63), 2**63 - 1),
+    "RA": (float, 0.0, 360.0),
+    "DEC": (float, -90.0, 90.0),
+}
+
+
+def typed_value(key: str, value: Any) -> tuple[Any, str | None]:
+    """A META_TYPES value as a plain int or float, or (None, why it is unusable)."""
+    kind, lo, hi = META_TYPES[key]
+    if isinstance(value, (bytes, np.bytes_)):
+        value = value.decode("ascii", "replace")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            value = int(text) if kind is int and text.lstrip("+-").isdigit() else float(text)
+        except ValueError:
+            return None, f"{key} {_shown(value)} is not a number"
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None, f"{key} {_shown(value)} is not a number"
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value):
+            return None, f"{key} is {value}"
+        if kind is int:
+            if value != np.floor(value):
+                return None, f"{key} {value} is not a whole number"
+            if not lo <= value <= hi:  # compare as float first: int(1e300) would be a huge Python int
+                return None, f"{key} {value:g} is outside {lo}..{hi}"
+            value = int(value)
+    value = int(value) if kind is int else float(value)
+    if not lo <= value <= hi:
+        return None, f"{key} {value} is outside {lo}..{hi}"
+    return value, None
+
+
+def _shown(value: Any) -> str:
+    """A short printable form of an unusable value."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def clean_meta(meta: dict[str, Any]) -> list[str]:
+    """Coerce the typed identifier keys in place; unusable ones are removed. Returns a note per removed key."""
+    notes = []
+    for key in META_TYPES:
+        if key in meta and meta[key] is not None:
+            value, problem = typed_value(key, meta[key])
+            if problem:
+                del meta[key]
+                notes.append(f"{problem}: left blank")
+            else:
+                meta[key] = value
+    return notes

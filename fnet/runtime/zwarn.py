@@ -23,6 +23,7 @@ class ZWarn(IntFlag):
     BROAD_PDF = 1 << 4  # Z_ERR larger than quality.max_dv_err_kms (as a velocity)
     MULTIPLE_PEAKS = 1 << 5  # more than quality.max_secondary_mass of P(z) lies away from the peak
     SN_UNKNOWN = 1 << 6  # the file has no inverse variance: S/N and LOW_SN cannot be judged
+    IMPLAUSIBLE_DATA = 1 << 7  # flux or S/N beyond what a spectrograph records (units? corrupt values?)
 
 
 ZWARN_DESCRIPTIONS = {bit.name: bit.value for bit in ZWarn}

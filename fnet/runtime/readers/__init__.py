@@ -16,8 +16,8 @@ import numpy as np
 from astropy.io import fits
 from astropy.utils.exceptions import AstropyUserWarning
 
-from ..errors import SpectrumReadError
-from ..spectrum import Spectrum
+from ..errors import CatalogFileError, SpectrumReadError
+from ..spectrum import Spectrum, clean_meta
 from . import desi_coadd, fits_open, lamost, sdss_plate, sdss_spec, sdss_spspec
 
 __all__ = ["FORMATS", "detect_format", "read_spectra", "describe_hdus"]
@@ -74,6 +74,7 @@ def _check(spectrum: Spectrum, path: str) -> None:
         raise SpectrumReadError(path, f"{where} has no pixels")
     if not (np.all(np.isfinite(spectrum.loglam)) and np.all(np.diff(spectrum.loglam) > 0)):
         raise SpectrumReadError(path, f"{where}: wavelengths are not finite and strictly increasing")
+    spectrum.notes.extend(clean_meta(spectrum.meta))
     # Kept (row numbers stay aligned with the file, e.g. an empty fiber in a DESI coadd), but said so.
     if not spectrum.good.any() and NO_GOOD_PIXELS_NOTE not in spectrum.notes:
         spectrum.notes.append(NO_GOOD_PIXELS_NOTE)
@@ -83,6 +84,8 @@ def read_spectra(path: str | Path) -> list[Spectrum]:
     """Every spectrum in a FITS file, whatever supported survey format it is in."""
     path = Path(path)
     with fits_open.open_fits_bytes(path) as (fileobj, layout, _compressed):
+        if layout.names[1:2] == ["FNET"]:
+            raise CatalogFileError(str(path), "an fnet-run catalog (HDU FNET), not a spectra file")
         spectra = _read_open(fileobj, path)
     for spectrum in spectra:
         spectrum.notes.extend(layout.notes)
