@@ -36,9 +36,15 @@ def _load_package(model: str | None):
     if not model and not path.is_file():
         _fail_usage(f"no --model given and the embedded default model {path} is missing from this install")
     try:
-        return load_model_package(path)
+        package = load_model_package(path)
     except ModelPackageError as exc:
         _fail_usage(str(exc))
+    except (OSError, ValueError, RecursionError, MemoryError) as exc:
+        _fail_usage(f"{path}: cannot load the model: {type(exc).__name__}: {exc}")
+    if package.integrity == "none":
+        click.echo(f"warning: {path} has no fnet.integrity record (exported before it existed): a corrupted copy "
+                   "cannot be detected; re-export it with fnet-export", err=True)
+    return package
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -12,6 +12,7 @@ import numpy as np
 
 from fnet.runtime.grid import Grid
 from fnet.runtime.model_package import build_metadata
+from fnet.runtime.onnx_wire import stamp_integrity
 
 PAPER_GRID = Grid(3.5522, 1e-4, 4618)
 
@@ -25,7 +26,7 @@ def linear_weights(npix: int, nout: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 def make_tiny_model(path: Path, head: dict, grid: Grid = PAPER_GRID,
                     normalisation: dict | None = None, seed: int = 0, z_range=(0.0, 7.0),
-                    quality: dict | None = None) -> Path:
+                    quality: dict | None = None, integrity: bool = True) -> Path:
     """Write a linear ONNX model package (input 'flux' (N,1,npix)) with the given head."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
@@ -53,5 +54,6 @@ def make_tiny_model(path: Path, head: dict, grid: Grid = PAPER_GRID,
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    data = model.SerializeToString()
+    path.write_bytes(stamp_integrity(data) if integrity else data)
     return path

@@ -19,6 +19,7 @@ from ..runtime.atomic import atomic_path
 from ..runtime.backends import OnnxRuntimeBackend
 from ..runtime.grid import Grid
 from ..runtime.model_package import ModelPackage, build_metadata
+from ..runtime.onnx_wire import stamp_integrity
 from .parity import TOLERANCES, ParityReport, compare_outputs, run_in_batches
 
 PRECISIONS = ("fp32", "fp16")
@@ -84,7 +85,8 @@ def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
-    onnx.save(proto, str(path))
+    # fnet.integrity: checksums of the graph and the metadata, so the runtime refuses a corrupted copy
+    path.write_bytes(stamp_integrity(proto.SerializeToString()))
 
 
 def _export_graph(model: nn.Module, path: Path, npix: int, output: str, precision: str) -> None:

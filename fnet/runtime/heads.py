@@ -50,8 +50,11 @@ def validate_head(head: dict) -> dict:
     if not isinstance(head, dict) or head.get("kind") not in KINDS:
         raise ValueError(f"head must be a dict with kind in {KINDS}, got {head!r}")
     h = dict(head)
-    h["z_min"] = float(h.get("z_min", 0.0))
-    h["z_max"] = float(h.get("z_max", 7.0))
+    for key, default in (("z_min", 0.0), ("z_max", 7.0)):
+        value = h.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+            raise ValueError(f"head {key} must be a finite number, got {value!r}")
+        h[key] = float(value)
     if not h["z_max"] > h["z_min"] > -1.0:
         raise ValueError(f"head needs -1 < z_min < z_max, got {h['z_min']}, {h['z_max']}")
     if h["kind"] == "regression":
@@ -61,9 +64,11 @@ def validate_head(head: dict) -> dict:
         h.setdefault("spacing", "log1p")
         if h["spacing"] != "log1p":
             raise ValueError(f"zbins spacing {h['spacing']!r} is not supported (only 'log1p')")
-        if int(h.get("nbins", 0)) < 3:
-            raise ValueError(f"zbins head needs nbins >= 3, got {h.get('nbins')!r}")
-        h["nbins"] = int(h["nbins"])
+        nbins = h.get("nbins", 0)
+        if isinstance(nbins, bool) or not isinstance(nbins, (int, float)) or not float(nbins).is_integer() \
+                or not 3 <= nbins <= 10**6:
+            raise ValueError(f"zbins head needs a whole number nbins in 3..1000000, got {nbins!r}")
+        h["nbins"] = int(nbins)
     return h
 
 
