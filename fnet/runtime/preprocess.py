@@ -37,6 +37,9 @@ from .spectrum import Spectrum
 SCHEMES = ("zscore_minmax", "ivar_unit_norm")
 # A grid pixel is good when at least this fraction of its width has good input data.
 MIN_PIXEL_COVER = 0.5
+# Widest an input pixel may count for coverage, in typical pixel widths of its spectrum (DESI's linear
+# 0.8 A pixels span 2.7x in log10 lambda from blue to red; 3 leaves room for that).
+MAX_PIXEL_WIDTH = 3.0
 
 
 @dataclass
@@ -91,7 +94,10 @@ def _row_arrays(lam, f, iv, g, lo: float, hi: float) -> tuple[np.ndarray, ...]:
     edges = _pixel_edges(lam)
     w = np.where(g, iv, 0.0)
     wf = np.where(g, w * np.nan_to_num(f), 0.0)
-    gw = np.where(g, np.diff(edges), 0.0)
+    # A pixel covers at most MAX_PIXEL_WIDTH times the typical pixel width: two pixels at the ends of the
+    # grid must not "cover" all of it (their flux still spreads over the gap, but COVERAGE says the truth).
+    widths = np.diff(edges)
+    gw = np.where(g, np.minimum(widths, MAX_PIXEL_WIDTH * np.median(widths)), 0.0)
     return edges, w, wf, gw
 
 
@@ -193,12 +199,39 @@ def _row_median(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(count > 0, 0.5 * (lo + hi), np.nan)
 
 
+def _power_of_two_scale(values: np.ndarray, good: np.ndarray) -> float:
+    """2**k near the largest |value| over good finite pixels (1 when there is none)."""
+    v = np.abs(np.asarray(values, dtype=np.float64)[np.asarray(good, bool)])
+    v = v[np.isfinite(v) & (v > 0)]
+    if v.size == 0:
+        return 1.0
+    return float(np.ldexp(1.0, int(np.frexp(v.max())[1])))
+
+
+def _unit_scaled(flux, ivar, good):
+    """flux and ivar divided by per-spectrum powers of two, and those scales (n,)."""
+    shared = isinstance(flux, np.ndarray) and flux.ndim == 2
+    rows = range(flux.shape[0] if shared else len(flux))
+    f_scale = np.array([_power_of_two_scale(flux[i], good[i]) for i in rows], dtype=np.float64)
+    i_scale = np.array([_power_of_two_scale(ivar[i], good[i]) for i in rows], dtype=np.float64)
+    if shared:
+        return (np.asarray(flux, np.float64) / f_scale[:, None], np.asarray(ivar, np.float64) / i_scale[:, None],
+                f_scale, i_scale)
+    return ([np.asarray(f, np.float64) / s for f, s in zip(flux, f_scale)],
+            [np.asarray(v, np.float64) / s for v, s in zip(ivar, i_scale)], f_scale, i_scale)
+
+
 def prepare_arrays(loglam, flux, ivar, good, grid: Grid, normalisation: dict,
                    ivar_known: Sequence[bool] | np.ndarray | None = None) -> Prepared:
     """Rebin, measure quality and normalise a batch given as arrays (shared or ragged loglam)."""
+    # Every spectrum is rebinned and normalised in units of its own largest |flux| and ivar, rounded to
+    # powers of two: results are bit-identical to unscaled arithmetic, but ivar = 1e300 or flux = 1e30
+    # can no longer overflow the running sums (which gave Z = NaN with STATUS ok).
+    flux, ivar, f_scale, i_scale = _unit_scaled(flux, ivar, good)
     out_flux, out_ivar, cover = rebin(loglam, flux, ivar, good, grid)
     good_grid = (cover >= MIN_PIXEL_COVER) & (out_ivar > 0)
     x = normalise(out_flux, out_ivar, good_grid, normalisation)
+    out_flux, out_ivar = out_flux * f_scale[:, None], out_ivar * i_scale[:, None]
     coverage = good_grid.mean(axis=1)
     sn_median = _row_median(out_flux * np.sqrt(out_ivar), good_grid)
     if ivar_known is not None:

@@ -74,10 +74,37 @@ def _check(spectrum: Spectrum, path: str) -> None:
         raise SpectrumReadError(path, f"{where} has no pixels")
     if not (np.all(np.isfinite(spectrum.loglam)) and np.all(np.diff(spectrum.loglam) > 0)):
         raise SpectrumReadError(path, f"{where}: wavelengths are not finite and strictly increasing")
+    units = _wavelength_unit_problem(spectrum.loglam)
+    if units:
+        raise SpectrumReadError(path, f"{where}: {units}")
     spectrum.notes.extend(clean_meta(spectrum.meta))
     # Kept (row numbers stay aligned with the file, e.g. an empty fiber in a DESI coadd), but said so.
     if not spectrum.good.any() and NO_GOOD_PIXELS_NOTE not in spectrum.notes:
         spectrum.notes.append(NO_GOOD_PIXELS_NOTE)
+
+
+# log10(Angstrom) of anything a UV-to-near-IR spectrograph records (300 A - 100 um).
+_LOGLAM_RANGE = (2.5, 6.0)
+
+
+def _wavelength_unit_problem(loglam: np.ndarray) -> str:
+    """'' when loglam looks like log10(Angstrom); else a guess at what the file holds instead."""
+    lo, hi = float(loglam[0]), float(loglam[-1])
+    if _LOGLAM_RANGE[0] <= lo and hi <= _LOGLAM_RANGE[1]:
+        return ""
+    median = float(np.median(loglam))
+    if 7.0 < median < 11.5:
+        guess = "natural log of Angstrom (ln 3600 = 8.19)?"
+    elif 1.5 < median < 2.5:
+        guess = "log10 of nanometres?"
+    elif 100 < median < 2500:
+        guess = "nanometres, not a logarithm?"
+    elif 2500 <= median < 100000:
+        guess = "Angstrom, not log10(Angstrom)?"
+    else:
+        guess = "not a wavelength scale this toolkit knows"
+    return (f"wavelengths must be log10(Angstrom), in {_LOGLAM_RANGE[0]}..{_LOGLAM_RANGE[1]}; the file's run "
+            f"{lo:.5g}..{hi:.5g}: {guess}")
 
 
 def read_spectra(path: str | Path) -> list[Spectrum]:
@@ -86,7 +113,7 @@ def read_spectra(path: str | Path) -> list[Spectrum]:
     with fits_open.open_fits_bytes(path) as (fileobj, layout, _compressed):
         if layout.names[1:2] == ["FNET"]:
             raise CatalogFileError(str(path), "an fnet-run catalog (HDU FNET), not a spectra file")
-        spectra = _read_open(fileobj, path)
+        spectra = _read_open(fileobj, path, layout)
     for spectrum in spectra:
         spectrum.notes.extend(layout.notes)
     return spectra
@@ -97,13 +124,15 @@ def read_spectra(path: str | Path) -> list[Spectrum]:
 _WARNINGS_LOCK = threading.Lock()
 
 
-def _read_open(handle: BinaryIO, path: Path) -> list[Spectrum]:
+def _read_open(handle: BinaryIO, path: Path, layout: fits_open.FitsLayout | None = None) -> list[Spectrum]:
     """Detect and read from a binary file object holding the file's checked HDUs; failures become SpectrumReadError."""
     with _WARNINGS_LOCK, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             # memmap=False: measured no slower than memmap here (~7 ms a spec file), and no mapping outlives the call.
             with fits.open(handle, memmap=False, lazy_load_hdus=True) as hdul:
+                if layout is not None:
+                    fits_open.register_layout(hdul, layout)
                 fmt = detect_format(hdul)
                 spectra = _ADAPTERS[fmt].read(hdul, str(path))
         except SpectrumReadError as exc:

@@ -21,6 +21,7 @@ from astropy.io import fits
 
 from ..errors import SpectrumReadError
 from ..spectrum import Spectrum
+from .fits_open import hdu_names
 from .sdss_spec import read_columns, scalar
 
 FORMAT = "desi-coadd"
@@ -43,8 +44,7 @@ _ARM_PARTS = ("_WAVELENGTH", "_FLUX", "_IVAR")
 def _arm_parts(hdul: fits.HDUList) -> dict[str, set[str]]:
     """Arm prefix -> which of WAVELENGTH / FLUX / IVAR / MASK HDUs it has."""
     parts: dict[str, set[str]] = {}
-    for hdu in hdul:
-        name = hdu.name.upper()
+    for name in hdu_names(hdul):
         for part in (*_ARM_PARTS, "_MASK"):
             if name.endswith(part) and len(name) > len(part):
                 parts.setdefault(name[: -len(part)], set()).add(part)
@@ -78,7 +78,7 @@ class _Arm:
         self.flux = _rows(hdul[f"{name}_FLUX"].data, npix, np.float64)
         self.ivar = _rows(hdul[f"{name}_IVAR"].data, npix, np.float64)
         mask_name = f"{name}_MASK"
-        mask = _rows(hdul[mask_name].data, npix, np.int64) if mask_name in hdul else None
+        mask = _rows(hdul[mask_name].data, npix, np.int64) if mask_name in hdu_names(hdul) else None
         if self.wave.ndim != 1 or self.flux.shape[1] != npix or self.ivar.shape != self.flux.shape:
             raise SpectrumReadError(
                 path, f"arm {name}: wavelength {self.wave.shape}, flux {self.flux.shape} and ivar {self.ivar.shape} disagree"
@@ -157,7 +157,7 @@ def _fibermap(hdul: fits.HDUList, nspec: int, notes: list[str]) -> list[dict[str
     """Per-row meta from FIBERMAP (plus primary header keys), or header-only meta with a note."""
     header = hdul[0].header
     base = {key: scalar(header[key]) for key in _HEADER_KEYS if key in header}
-    if "FIBERMAP" not in hdul:
+    if "FIBERMAP" not in hdu_names(hdul):
         notes.append("no FIBERMAP: no TARGETID or RA/DEC")
         return [dict(base) for _ in range(nspec)]
     columns = read_columns(hdul["FIBERMAP"], tuple(col for _, col in _FIBERMAP_COLUMNS))
@@ -179,6 +179,10 @@ def read(hdul: fits.HDUList, path: str | Path) -> list[Spectrum]:
     """One merged spectrum per target row."""
     parts = _arm_parts(hdul)
     complete = arms(hdul)
+    names = hdu_names(hdul)
+    repeated = sorted({n for n in names if names.count(n) > 1 and n.endswith((*_ARM_PARTS, "_MASK", "FIBERMAP"))})
+    if repeated:
+        raise SpectrumReadError(path, f"ambiguous DESI file: HDU names {', '.join(repeated)} appear more than once")
     for prefix, have in parts.items():
         # A file cut at an HDU boundary is still valid FITS: refuse it rather than silently drop an arm or its mask.
         if have & set(_ARM_PARTS) and not have.issuperset(_ARM_PARTS):

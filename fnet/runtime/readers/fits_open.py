@@ -293,6 +293,21 @@ def _open_stream(handle, head: bytes, path: Path):
 
 COMPRESSED_MAGIC = (_MAGIC_GZIP, _MAGIC_BZIP2, _MAGIC_ZIP)
 
+_LAYOUT_ATTRIBUTE = "_fnet_layout"  # set on an open HDUList: adapters ask for names without parsing headers
+
+
+def register_layout(hdul, layout: FitsLayout) -> None:
+    """Remember the checked layout of an open HDUList (read_spectra does this)."""
+    setattr(hdul, _LAYOUT_ATTRIBUTE, layout)
+
+
+def hdu_names(hdul) -> list[str]:
+    """Upper-case EXTNAME of every HDU ('' when unnamed): from the checked layout, else by asking astropy."""
+    layout = getattr(hdul, _LAYOUT_ATTRIBUTE, None)
+    if layout is not None:
+        return layout.names
+    return [hdu.name.upper() if i else "" for i, hdu in enumerate(hdul)]
+
 
 @contextmanager
 def open_fits_bytes(path: Path) -> Iterator[tuple[io.BufferedIOBase, FitsLayout, bool]]:

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from ..errors import SpectrumReadError
 from ..masks import sdss_good_pixels
 from ..spectrum import Spectrum
 from .sdss_spec import columns_lower, read_columns, scalar, snap_loglam, vacuum_loglam
@@ -33,14 +34,20 @@ def matches(hdul: fits.HDUList) -> bool:
     return _is_log_linear_image(header) and "FIBERID" not in header and "ARRAY1" not in header
 
 
-def _same_shape_image(hdul: fits.HDUList, index: int, shape: tuple[int, ...]) -> np.ndarray | None:
-    """Data of image HDU ``index`` when it exists and matches ``shape``, else None."""
+def _same_shape_image(hdul: fits.HDUList, index: int, shape: tuple[int, ...], path: str) -> np.ndarray | None:
+    """Data of image HDU ``index`` when it exists; None when absent or not an image.
+
+    A 2-D image of another shape means one header's NAXISn is wrong (rows would be read shifted): refused.
+    """
     try:
         hdu = hdul[index]
     except IndexError:
         return None
-    if not isinstance(hdu, fits.ImageHDU) or hdu.shape != shape:
+    if not isinstance(hdu, fits.ImageHDU) or hdu.header.get("NAXIS") != 2:
         return None
+    if hdu.shape != shape:
+        raise SpectrumReadError(path, f"spPlate geometry disagrees: HDU 0 (flux) is {shape[0]} fibers x {shape[1]} "
+                                      f"pixels but HDU {index} is {hdu.shape[0]} x {hdu.shape[1]} (corrupt header?)")
     return hdu.data
 
 
@@ -66,8 +73,8 @@ def read(hdul: fits.HDUList, path: str | Path) -> list[Spectrum]:
     loglam = snap_loglam(header["COEFF0"] + header["COEFF1"] * np.arange(npix))
     loglam = vacuum_loglam(loglam, header, base_notes)
 
-    ivar_all = _same_shape_image(hdul, 1, flux_all.shape)
-    mask_all = _same_shape_image(hdul, 2, flux_all.shape) if ivar_all is not None else None
+    ivar_all = _same_shape_image(hdul, 1, flux_all.shape, str(path))
+    mask_all = _same_shape_image(hdul, 2, flux_all.shape, str(path)) if ivar_all is not None else None
     plug = _plugmap(hdul, nfiber)
     if ivar_all is None:
         base_notes.append(NO_IVAR_NOTE)

@@ -16,8 +16,10 @@ from typing import Any
 import numpy as np
 from astropy.io import fits
 
+from ..errors import SpectrumReadError
 from ..masks import sdss_good_pixels
 from ..spectrum import Spectrum
+from .fits_open import hdu_names
 
 FORMAT = "sdss-spec"
 
@@ -214,19 +216,31 @@ def scalar(value: Any) -> Any:
     return value
 
 
+def _is_coadd_table(hdu: Any) -> bool:
+    """flux, loglam and ivar columns, and not a per-exposure table (those have 'mask', the coadd and_mask)."""
+    cols = columns_lower(hdu)
+    return all(c in cols for c in _COADD_COLUMNS) and ("and_mask" in cols or "mask" not in cols)
+
+
 def _coadd_hdu(hdul: fits.HDUList) -> fits.BinTableHDU | None:
-    """The coadd table: HDU 1 when it has flux/loglam/ivar columns, else an HDU named COADD."""
-    try:
+    """The coadd table: the HDU named COADD, else HDU 1 when it is a coadd-like table; None when there is none.
+
+    Full spec files also hold one table per exposure and camera with the same flux/loglam/ivar columns
+    (named like B1-00123456-...): those are never taken for the coadd, whatever their position.
+    Raises SpectrumReadError when the choice is ambiguous (several HDUs named COADD).
+    """
+    names = hdu_names(hdul)
+    named = [i for i, name in enumerate(names) if name == "COADD"]
+    if len(named) > 1:
+        raise SpectrumReadError(hdul.filename() or "<in-memory FITS>",
+                                f"ambiguous spec file: {len(named)} HDUs are named COADD (HDUs {named})")
+    if named:
+        hdu = hdul[named[0]]
+        return hdu if all(c in columns_lower(hdu) for c in _COADD_COLUMNS) else None
+    if len(names) > 1 and names[1] == "":
         hdu = hdul[1]
-    except IndexError:
-        return None
-    if all(c in columns_lower(hdu) for c in _COADD_COLUMNS):
-        return hdu
-    try:
-        hdu = hdul["COADD"]  # only reached for unusual files: reads every header
-    except KeyError:
-        return None
-    return hdu if all(c in columns_lower(hdu) for c in _COADD_COLUMNS) else None
+        return hdu if _is_coadd_table(hdu) else None
+    return None
 
 
 def _meta_row(hdul: fits.HDUList, coadd: fits.BinTableHDU) -> dict[str, Any]:
@@ -287,20 +301,40 @@ def _meta(hdul: fits.HDUList, coadd: fits.BinTableHDU) -> dict[str, Any]:
 
 
 def read(hdul: fits.HDUList, path: str | Path) -> list[Spectrum]:
-    """The single coadded spectrum of a spec file."""
+    """The coadded spectrum of a spec file (one per row when the table holds spectra as vector rows)."""
     coadd = _coadd_hdu(hdul)
     data = read_columns(coadd, ("FLUX", "LOGLAM", "IVAR", "AND_MASK"))
-    notes: list[str] = []
-    loglam = vacuum_loglam(snap_loglam(data["LOGLAM"]), hdul[0].header, notes)
+    flux_all = np.asarray(data["FLUX"], dtype=np.float64)
+    if flux_all.ndim == 2 and flux_all.shape[0] == 1:
+        data = {key: np.asarray(value)[0] for key, value in data.items()}  # one spectrum stored as one vector row
+        flux_all = flux_all[0]
+    meta = _meta(hdul, coadd)
+    if flux_all.ndim == 1:
+        return [_spectrum(path, 0, data, hdul[0].header, meta, [])]
+    if flux_all.ndim != 2:
+        raise SpectrumReadError(str(path), f"coadd FLUX column has shape {flux_all.shape}: not a spectrum")
+    # A table of vector rows: each row is one spectrum (written by other tools, never by the SDSS pipeline).
+    n = flux_all.shape[0]
+    note = f"coadd table holds {n} spectra as vector rows; identifiers come from the file's metadata row"
+    rows = []
+    for r in range(n):
+        row = {key: (np.asarray(v)[r] if np.ndim(v) == 2 else v) for key, v in data.items()}
+        rows.append(_spectrum(path, r, row, hdul[0].header, dict(meta), [note]))
+    return rows
+
+
+def _spectrum(path: str | Path, row: int, data: dict[str, np.ndarray], header: fits.Header, meta: dict,
+              notes: list[str]) -> Spectrum:
+    """One Spectrum from 1-D FLUX/LOGLAM/IVAR(/AND_MASK) arrays."""
+    shapes = {key: np.shape(value) for key, value in data.items()}
+    if len(set(shapes.values())) != 1:
+        raise SpectrumReadError(str(path), f"coadd columns disagree in length: {shapes}")
+    loglam = vacuum_loglam(snap_loglam(data["LOGLAM"]), header, notes)
     flux = np.asarray(data["FLUX"], dtype=np.float64)
     ivar = np.asarray(data["IVAR"], dtype=np.float64)
     and_mask = data.get("AND_MASK")
     if and_mask is None:
         notes.append("no and_mask column: only ivar and finiteness define good pixels")
     good = sdss_good_pixels(flux, ivar, and_mask)
-    return [
-        Spectrum(
-            source=str(path), row=0, loglam=loglam, flux=flux, ivar=ivar, good=good,
-            format=FORMAT, meta=_meta(hdul, coadd), notes=notes,
-        )
-    ]
+    return Spectrum(source=str(path), row=row, loglam=loglam, flux=flux, ivar=ivar, good=good,
+                    format=FORMAT, meta=meta, notes=notes)
