@@ -149,11 +149,13 @@ def _read_open(handle: BinaryIO, path: Path, layout: fits_open.FitsLayout | None
     if truncated:
         # astropy only warned: data it could not read may be silently short, so refuse the file.
         raise SpectrumReadError(str(path), f"truncated FITS file ({truncated})")
-    for warning in caught:  # pass on anything else astropy had to say
-        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    # Anything else astropy had to say about this file (a repaired header card, non-ASCII bytes) belongs
+    # in its rows' messages, not on the terminal of a million-file run.
+    remarks = list(dict.fromkeys(f"FITS reader: {str(w.message).strip()}" for w in caught))[:3]
     if not spectra:
         raise SpectrumReadError(str(path), f"file contains no spectra ({fmt} layout with zero rows)")
     for spectrum in spectra:
+        spectrum.notes.extend(remarks)
         _check(spectrum, str(path))
     return spectra
 

@@ -209,7 +209,10 @@ def scan_layout(read_at: Callable[[int, int], bytes], size: int | None) -> FitsL
             if len(last) < 1:
                 raise EOFError(f"{where}: data cut off before its declared {data_size} bytes (truncated file)")
             if len(last) < 1 + padding:
-                notes.append(f"{where}: the file ends without the padding FITS requires after the data")
+                # FITS pads every HDU to whole 2880-byte blocks; a file that stops inside the padding was cut
+                # off, and whatever followed (more HDUs) is lost.
+                raise EOFError(f"{where}: the file stops inside the padding after the data, so it was cut off "
+                               "(its size is not a whole number of 2880-byte blocks)")
             pad = last[1:].rstrip(b" " if info.xtension == "TABLE" else b"\0")
             if pad.strip(b"\0 "):
                 raise ValueError(f"{where}: non-zero bytes after the {data_size} data bytes its header declares "
