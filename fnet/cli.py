@@ -88,6 +88,7 @@ def run_command(inputs, model, output, batch_size, device, threads, read_workers
 def _run(inputs, model, output, batch_size, device, threads, read_workers, save_pdf, resume, progress, quiet):
     """fnet-run's work; every refusal before the run exits 2, a catalog that cannot be written exits 3."""
     import os
+    from glob import escape as glob_escape
 
     from .runtime.backends import open_backend
     from .runtime.catalog import PdfSource, check_output_path, write_catalog
@@ -100,6 +101,9 @@ def _run(inputs, model, output, batch_size, device, threads, read_workers, save_
         suffix = check_output_path(output)
     except ValueError as exc:
         _fail_usage(str(exc))
+    out_path = Path(output)
+    for stale in out_path.parent.glob(f".{glob_escape(out_path.name)}.*.part"):
+        stale.unlink(missing_ok=True)  # left by a run killed while writing this catalog
     package = _load_package(model)
     if save_pdf and package.head["kind"] != "zbins":
         _fail_usage(f"--save-pdf: {package.path} has a {package.head['kind']} head, which gives no P(z)")

@@ -175,7 +175,8 @@ def _typed_meta(blocks: list[bytes]) -> Iterable[tuple[str, bytes, str]]:
              ("PLATEID", "abc"), ("FIBERID", "x"), ("TARGETID", "text"), ("TARGETID", float("nan")),
              ("TARGETID", 1e30), ("TARGETID", 2**63 + 5)]
     for column, value in cases:
-        for k, block in enumerate(blocks):
+        for k in [*range(1, len(blocks)), 0]:  # a table column first (it wins over a header card), then the header
+            block = blocks[k]
             header = block[: block.find(b"END" + b" " * 77)]
             if column.encode() not in header and column.lower().encode() not in header:
                 continue  # cheap test on the raw header before astropy decodes anything

@@ -37,6 +37,7 @@ COLUMNS: dict[str, tuple[str, Any, str, str]] = {
 
 #: Longest MESSAGE kept: one file with thousands of HDUs must not make the column that wide for every row.
 MAX_MESSAGE = 500
+_F4_MAX = float(np.finfo(np.float32).max)
 _INT_RANGE = {"i4": (-(2**31), 2**31 - 1), "i8": (-(2**63), 2**63 - 1)}
 
 
@@ -86,6 +87,8 @@ def make_row(values: dict[str, Any]) -> dict[str, Any]:
                     raise ValueError
             else:
                 number = float(value)
+                if kind == "f4" and abs(number) > _F4_MAX:  # beyond float32: store its infinity, not a crash
+                    number = float("inf") if number > 0 else float("-inf")
         except (TypeError, ValueError, OverflowError):
             notes.append(f"{name} {printable(repr(value))[:40]} is not a valid {kind} value: left blank")
             number = fill
@@ -168,9 +171,9 @@ def check_output_path(path: str | Path) -> str:
     not an fnet catalog (fnet-run replaces only its own catalogs, never a spectrum or anything else).
     """
     path = Path(path)
-    suffix = output_suffix(path)
     if path.is_dir():
         raise ValueError(f"{path}: is a folder; give a catalog file name such as {path / 'catalog.fits'}")
+    suffix = output_suffix(path)
     if os.path.lexists(path) and not is_fnet_catalog(path):
         raise ValueError(f"{path}: exists and is not an fnet catalog; refusing to overwrite it "
                          "(choose another output name or remove the file)")

@@ -160,6 +160,13 @@ class Predictor:
     def _usable(self, spec: Spectrum, prep: Prepared, out: list, i: int) -> bool:
         """False (and a failed row) when a spectrum has too little or meaningless data to measure."""
         n_good = int(prep.good.sum())
+        grid = self.package.grid
+        lo, hi = grid.edges[0], grid.edges[-1]
+        n_input = int(np.count_nonzero(spec.good & (spec.loglam > lo) & (spec.loglam < hi)))
+        if 0 < n_input < self.min_pixels:
+            out[i] = self._failed(spec, f"only {n_input} usable pixels on the model grid (at least {self.min_pixels} "
+                                        "are needed for a redshift)", prep)
+            return False
         if n_good == 0:
             lo, hi = self.package.grid.wavelength_range
             why = (NO_GOOD_PIXELS_NOTE if NO_GOOD_PIXELS_NOTE in spec.notes else
@@ -171,8 +178,8 @@ class Predictor:
             out[i] = self._failed(spec, f"only {n_good} usable pixels on the model grid (at least {self.min_pixels} "
                                         "are needed for a redshift)", prep)
             return False
-        values = prep.flux[0][prep.good[0]]
-        if np.ptp(values) == 0:
+        values = spec.flux[spec.good]
+        if values.size and np.all(values == values[0]):
             out[i] = self._failed(spec, f"flux is the same value ({values[0]:.4g}) at every usable pixel: there is "
                                         "nothing to measure", prep)
             return False

@@ -38,8 +38,10 @@ SCHEMES = ("zscore_minmax", "ivar_unit_norm")
 # A grid pixel is good when at least this fraction of its width has good input data.
 MIN_PIXEL_COVER = 0.5
 # Widest an input pixel may count for coverage, in typical pixel widths of its spectrum (DESI's linear
-# 0.8 A pixels span 2.7x in log10 lambda from blue to red; 3 leaves room for that).
+# 0.8 A pixels span 2.7x in log10 lambda from blue to red; 3 leaves room for that), and in model-grid
+# pixels (no spectrograph this toolkit reads samples more coarsely than 4 grid pixels).
 MAX_PIXEL_WIDTH = 3.0
+MAX_GRID_PIXELS_PER_INPUT = 4.0
 
 
 @dataclass
@@ -78,7 +80,7 @@ def _pixel_edges(centres: np.ndarray) -> np.ndarray:
     return np.concatenate(([2 * centres[0] - mid[0]], mid, [2 * centres[-1] - mid[-1]]))
 
 
-def _row_arrays(lam, f, iv, g, lo: float, hi: float) -> tuple[np.ndarray, ...]:
+def _row_arrays(lam, f, iv, g, lo: float, hi: float, max_width: float) -> tuple[np.ndarray, ...]:
     """Edges and per-pixel weight, weighted flux and good width for one spectrum (or a shared-grid batch)."""
     keep = (lam > lo) & (lam < hi)
     if not keep.any():  # nothing near the grid: one empty pixel keeps the bookkeeping uniform
@@ -97,7 +99,7 @@ def _row_arrays(lam, f, iv, g, lo: float, hi: float) -> tuple[np.ndarray, ...]:
     # A pixel covers at most MAX_PIXEL_WIDTH times the typical pixel width: two pixels at the ends of the
     # grid must not "cover" all of it (their flux still spreads over the gap, but COVERAGE says the truth).
     widths = np.diff(edges)
-    gw = np.where(g, np.minimum(widths, MAX_PIXEL_WIDTH * np.median(widths)), 0.0)
+    gw = np.where(g, np.minimum(widths, min(MAX_PIXEL_WIDTH * np.median(widths), max_width)), 0.0)
     return edges, w, wf, gw
 
 
@@ -115,6 +117,7 @@ def rebin(loglam, flux, ivar, good, grid: Grid) -> tuple[np.ndarray, np.ndarray,
     span = grid.loglam_step * (grid.npix + 1)
     lo, hi = grid.loglam_start - span, grid.loglam_start + 2 * span  # input far off the grid is irrelevant
     out_edges = grid.edges
+    max_width = MAX_GRID_PIXELS_PER_INPUT * grid.loglam_step
 
     def pad0(a: np.ndarray) -> np.ndarray:  # running sums start at 0 on the first input edge
         return np.concatenate((np.zeros(a.shape[:-1] + (1,)), a), axis=-1)
@@ -122,7 +125,7 @@ def rebin(loglam, flux, ivar, good, grid: Grid) -> tuple[np.ndarray, np.ndarray,
     # Running sums are per spectrum, so an extreme pixel can only ever affect its own spectrum.
     shared = isinstance(flux, np.ndarray) and flux.ndim == 2 and np.ndim(loglam) == 1
     if shared:  # common sampling for the whole batch (simulations, BOSS plates): no Python loop at all
-        edges, w, wf, gw = _row_arrays(np.asarray(loglam, np.float64), flux, ivar, good, lo, hi)
+        edges, w, wf, gw = _row_arrays(np.asarray(loglam, np.float64), flux, ivar, good, lo, hi, max_width)
         cums = tuple(np.cumsum(pad0(a), axis=-1) for a in (w, wf, gw))
         at_edges = _interp_rows(out_edges, edges, cums)
     else:
@@ -130,7 +133,7 @@ def rebin(loglam, flux, ivar, good, grid: Grid) -> tuple[np.ndarray, np.ndarray,
         rows = []
         for k in range(len(lams)):  # one loop per spectrum, numpy inside; pixels are never looped over
             edges, w, wf, gw = _row_arrays(lams[k], np.asarray(fluxes[k]), np.asarray(ivars[k]),
-                                           np.asarray(goods[k]), lo, hi)
+                                           np.asarray(goods[k]), lo, hi, max_width)
             rows.append(_interp_rows(out_edges, edges, tuple(np.cumsum(pad0(a)) for a in (w, wf, gw))))
         at_edges = [np.stack([r[i] for r in rows]) if rows else np.zeros((0, grid.npix + 1)) for i in range(3)]
     sum_w, sum_wf, sum_gw = (np.diff(a, axis=-1) for a in at_edges)

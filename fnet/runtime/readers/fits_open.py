@@ -358,7 +358,11 @@ def _decompressed(handle, head: bytes, path: Path) -> tuple[io.BytesIO, FitsLayo
     try:
         raw, kind = _open_stream(handle, head, path)
         stream = _Stream(raw, path)
-        layout = scan_layout(stream.read_at, None)
+        try:
+            layout = scan_layout(stream.read_at, None)
+        except (ValueError, EOFError):
+            stream.drain()  # a damaged stream is the root cause: its checksum error, if any, is the message
+            raise
         drained = stream.drain()
     except SpectrumReadError:
         raise
