@@ -207,6 +207,7 @@ def _values(blocks: list[bytes]) -> Iterable[tuple[str, bytes, str]]:
     """Flux / ivar replaced by NaN, inf, huge or constant values, in whichever layout the file has."""
     for kind in ("ivar-1e300", "flux-constant-1e30", "flux-nan", "flux-inf-half"):
         edited = list(blocks)
+        table_done = False  # only the first flux table: the coadd of a spec file (its exposures do not matter)
         for k, block in enumerate(blocks):
             header = block[: block.find(b"END" + b" " * 77)].upper()
             is_table = b"'FLUX" in header and b"'IVAR" in header
@@ -235,6 +236,9 @@ def _values(blocks: list[bytes]) -> Iterable[tuple[str, bytes, str]]:
                         image[r] = _scaled(image[r:r + 1], kind, role)[0]
                     hdul[-1] = fits.PrimaryHDU(image, hdu.header)
 
+            if is_table and table_done:
+                continue
+            table_done |= is_table
             if is_table or is_arm or is_image:
                 try:
                     edited[k] = _edited_block(edited, k, edit)

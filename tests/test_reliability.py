@@ -53,7 +53,12 @@ def mutate(src: Path, kind: str) -> bytes:
     """The fuzz corpus's mutant `kind` of a real file."""
     data = src.read_bytes()
     rng = np.random.default_rng(0)
-    for generate in (fuzz._structural, fuzz._compressed, fuzz._truncations, fuzz._geometry):
+    generators = (fuzz._structural, fuzz._compressed, fuzz._truncations, fuzz._geometry)
+    if kind.startswith("meta-"):
+        generators = (lambda d, r: fuzz._typed_meta(fuzz._blocks(d)),)
+    elif kind.startswith(("ivar-", "flux-")):
+        generators = (lambda d, r: fuzz._values(fuzz._blocks(d)),)
+    for generate in generators:
         for name, blob, _ in generate(data, rng):
             if name == kind:
                 return blob
