@@ -80,7 +80,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--work", default="/tmp/fnet-fuzz")
-    parser.add_argument("--per-folder", type=int, default=3, help="real source files per data folder")
+    parser.add_argument("--per-folder", type=int, default=5, help="real source files per data folder")
     parser.add_argument("--modes", type=int, default=len(MODES), help="how many of the 12 modes to run")
     parser.add_argument("--timeout", type=int, default=1800, help="seconds per mode before it counts as a hang")
     parser.add_argument("--huge", action="store_true", help="add the 4 GiB / 1 GiB tail files")

@@ -75,8 +75,8 @@ def run_command(inputs, model, output, batch_size, device, threads, read_workers
     try:
         _run(inputs, model, output, batch_size, device, threads, read_workers, save_pdf, resume, progress, quiet)
     except KeyboardInterrupt:
-        click.echo(f"fnet-run: interrupted; no catalog written. Finished inputs are kept: rerun with --resume "
-                   f"to continue", err=True)
+        click.echo("fnet-run: interrupted; no catalog written. Finished inputs are kept: rerun with --resume "
+                   "to continue", err=True)
         sys.exit(EXIT_NO_CATALOG)
     except Exception:  # a bug: say so, keep the traceback for the report, and use the documented exit code
         traceback.print_exc()
@@ -93,8 +93,8 @@ def _run(inputs, model, output, batch_size, device, threads, read_workers, save_
     from .runtime.backends import open_backend
     from .runtime.catalog import PdfSource, check_output_path, write_catalog
     from .runtime.errors import BackendUnavailable
-    from .runtime.inputs import expand_inputs
-    from .runtime.journal import JournalMismatch, RunJournal, journal_paths, run_fingerprint
+    from .runtime.inputs import iter_inputs
+    from .runtime.journal import JOURNAL_VERSION, InputsDigest, JournalMismatch, RunJournal, journal_paths
     from .runtime.pipeline import Predictor, RunSummary, provenance_header, run_items
 
     try:  # refuse an unwritable output before hours of work, not after
@@ -110,18 +110,23 @@ def _run(inputs, model, output, batch_size, device, threads, read_workers, save_
     if save_pdf and not suffix.startswith(".fit"):
         _fail_usage(f"--save-pdf: P(z) is stored as FITS HDUs; write a .fits catalog, not {suffix}")
     own_files = [output, *journal_paths(output)]
-    items = expand_inputs(list(inputs), exclude=own_files)
     out_real = {os.path.realpath(p) for p in own_files}
-    clash = next((i.path for i in items if os.path.realpath(i.path) in out_real), None)
-    if clash:
-        _fail_usage(f"{clash}: is both an input and the output (or its progress file); refusing to overwrite an input")
+    # Inputs are expanded twice, as a stream (10^7 paths need not fit in memory): once here to check them
+    # and fingerprint the run, once to run them.
+    digest = InputsDigest()
+    for item in iter_inputs(list(inputs), exclude=own_files):
+        if os.path.realpath(item.path) in out_real:
+            _fail_usage(f"{item.path}: is both an input and the output (or its progress file); "
+                        "refusing to overwrite an input")
+        digest.add(item.path)
     try:
         backend = open_backend(package, device=device, threads=threads)
     except BackendUnavailable as exc:
         _fail_usage(str(exc))
     predictor = Predictor(package, backend)
     nbins = len(predictor.centres) if save_pdf else None
-    fingerprint = run_fingerprint([i.path for i in items], package.sha256, nbins)
+    fingerprint = {"journal": JOURNAL_VERSION, "inputs_sha256": digest.hexdigest(), "n_inputs": digest.count,
+                   "model_sha256": package.sha256, "pdf_bins": nbins}
     journal_file = journal_paths(output)[0]
     if not resume and journal_file.exists():
         click.echo(f"fnet-run: {journal_file} from an earlier run is replaced (use --resume to continue it)", err=True)
@@ -132,7 +137,7 @@ def _run(inputs, model, output, batch_size, device, threads, read_workers, save_
     except OSError as exc:
         _fail_usage(f"{journal_file}: cannot write the progress file: {exc.strerror or exc}")
     if journal.resumed:
-        click.echo(f"fnet-run: resuming: {journal.n_done} of {len(items)} inputs already done", err=True)
+        click.echo(f"fnet-run: resuming: {journal.n_done} of {digest.count} inputs already done", err=True)
     show_bar = (sys.stderr.isatty() if progress is None else progress) and not quiet
     shown = [0]
 
@@ -143,13 +148,23 @@ def _run(inputs, model, output, batch_size, device, threads, read_workers, save_
         if shown[0] <= MAX_FAILURE_LINES:
             click.echo(f"failed: {row['MESSAGE']}", err=True)
         elif shown[0] == MAX_FAILURE_LINES + 1:
-            click.echo(f"failed: ... further failures are listed only in the catalog", err=True)
+            click.echo("failed: ... further failures are listed only in the catalog", err=True)
 
-    n_resumed = journal.n_done
-    skipped, seconds = run_items(items, predictor, journal, start=journal.n_done, batch_size=batch_size,
-                                 read_workers=read_workers, progress=show_bar, on_row=report)
+    n_resumed, rows_before = journal.n_done, journal.n_rows
+    second = InputsDigest()
+
+    def stream():
+        for item in iter_inputs(list(inputs), exclude=own_files):
+            second.add(item.path)
+            yield item
+
+    skipped, seconds = run_items(stream(), predictor, journal, start=journal.n_done, total=digest.count,
+                                 batch_size=batch_size, read_workers=read_workers, progress=show_bar, on_row=report)
     journal.close()
-    summary = RunSummary(n_inputs=len(items), n_files_failed=journal.n_files_failed, n_spectra=journal.n_rows,
+    if second.hexdigest() != digest.hexdigest():
+        click.echo(f"warning: the inputs changed during the run ({digest.count} files when it started, "
+                   f"{second.count} at the end): the catalog lists what was read", err=True)
+    summary = RunSummary(n_inputs=second.count, n_files_failed=journal.n_files_failed, n_spectra=journal.n_rows,
                          n_failed=journal.n_failed, seconds=seconds, backend=backend.describe(), n_skipped=skipped,
                          n_resumed=n_resumed)
     pdf = PdfSource(predictor.centres, journal.pdf_chunks) if nbins else None
@@ -160,7 +175,7 @@ def _run(inputs, model, output, batch_size, device, threads, read_workers, save_
                    f"{journal.path}: free the space (or fix the folder) and rerun with --resume to write it", err=True)
         sys.exit(EXIT_NO_CATALOG)
     journal.remove()
-    rate = (summary.n_spectra - 0) / seconds if seconds > 0 else float("nan")
+    rate = (journal.n_rows - rows_before) / seconds if seconds > 0 else float("nan")  # this session's rows
     click.echo(f"fnet-run: {summary.n_spectra} rows from {summary.n_inputs} inputs in {seconds:.1f} s "
                f"({rate:.1f}/s, {summary.backend}); {summary.n_failed} failed"
                + (f"; {n_resumed} inputs from the resumed run" if n_resumed else "")
@@ -179,6 +194,7 @@ def info_command(model):
     click.echo(f"model      {package.name} {package.version} ({package.architecture})")
     click.echo(f"file       {package.path}")
     click.echo(f"sha256     {package.sha256}")
+    click.echo(f"integrity  {'graph and metadata checksums match' if package.integrity == 'checked' else 'no record'}")
     lo, hi = package.grid.wavelength_range
     click.echo(f"grid       {package.grid.npix} pixels, step {package.grid.loglam_step} dex, {lo:.1f}-{hi:.1f} A")
     click.echo(f"normalise  {json.dumps(package.normalisation)}")

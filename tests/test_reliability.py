@@ -7,7 +7,6 @@ Every mutated input is made here from the real files in ../shared/data by the to
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import os
 import signal
@@ -560,3 +559,11 @@ def test_fuzz_corpus_subset_keeps_the_catalog_contract(tmp_path, model):
     kinds = {m.kind for m in mutants}
     assert {"gzip-corrupt", "hdus-reordered", "non-utf8-name", "fifo", "ivar-1e300"} <= kinds
     assert 0 < summary.n_failed < len(catalog)
+
+
+def test_a_temporary_file_left_by_a_killed_write_is_cleaned_up(tmp_path, model):
+    out = tmp_path / "cat.fits"
+    stale = tmp_path / ".cat.fits.x1y2z3.part"
+    stale.write_bytes(b"")  # what a SIGKILL during the final write leaves behind
+    assert run([spec_file(), "-m", model, "-o", out, "-q"]).exit_code == 0
+    assert not stale.exists() and out.exists()

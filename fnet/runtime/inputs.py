@@ -21,12 +21,12 @@ import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 SPECTRA_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz", ".fits.fz", ".fits.bz2", ".fit.bz2")
 
 
-@dataclass
+@dataclass(slots=True)
 class InputItem:
     """A path to read, or an input that could not even be resolved (reported as a failed row).
 
@@ -44,69 +44,87 @@ def has_spectra_suffix(name: str) -> bool:
     return name.lower().endswith(SPECTRA_SUFFIXES)
 
 
-def _walk(folder: str) -> list[str]:
-    """Files with a spectra suffix under `folder`, sorted, without following links to folders."""
-    found = []
+def _walk(folder: str) -> Iterator[str]:
+    """Files with a spectra suffix under `folder`, folder by folder in name order, not following links to folders.
+
+    A generator: a folder of 10^7 files is never held as one list.
+    """
     for root, dirs, files in os.walk(folder, followlinks=False):
         dirs.sort()
-        found.extend(os.path.join(root, name) for name in files if has_spectra_suffix(name))
-    return sorted(found)
+        for name in sorted(files):
+            if has_spectra_suffix(name):
+                yield os.path.join(root, name)
 
 
-def _list_entries(list_path: Path) -> list[str]:
+def _list_entries(list_path: Path) -> Iterator[str]:
     """Non-empty, non-comment lines of a list file, decoded as file names (undecodable bytes kept)."""
-    raw = list_path.read_bytes()
-    lines = [os.fsdecode(line.strip()) for line in raw.splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
+    with open(list_path, "rb") as fh:
+        for raw in fh:
+            line = os.fsdecode(raw.strip())
+            if line and not line.startswith("#"):
+                yield line
 
 
-def expand_inputs(items: Sequence[str], exclude: Sequence[str | Path] = (), _lists: tuple = ()) -> list[InputItem]:
+def expand_inputs(items: Sequence[str], exclude: Sequence[str | Path] = ()) -> list[InputItem]:
     """Files, folders, @lists and globs, expanded in order (rules in the module docstring)."""
-    skip = {os.path.realpath(p) for p in exclude}
-    out: list[InputItem] = []
+    return list(iter_inputs(items, exclude))
 
-    def add(path: str, from_folder: bool = False) -> None:
-        if os.path.realpath(path) not in skip:
-            out.append(InputItem(path, from_folder=from_folder))
+
+def iter_inputs(items: Sequence[str], exclude: Sequence[str | Path] = ()) -> Iterator[InputItem]:
+    """expand_inputs as a generator, for runs over more inputs than memory should hold."""
+    return _iter(items, frozenset(os.path.realpath(p) for p in exclude), ())
+
+
+def _iter(items: Sequence[str], skip: frozenset, _lists: tuple) -> Iterator[InputItem]:
+    def keep(path: str) -> bool:
+        return os.path.realpath(path) not in skip
 
     for item in items:
         if os.path.lexists(item) and not os.path.isdir(item):
-            out.append(InputItem(item))  # literal: glob characters in a real file name are just characters
+            yield InputItem(item)  # literal: glob characters in a real file name are just characters
         elif os.path.isdir(item):
-            found = _walk(item)
+            found = False
+            for path in _walk(item):
+                found = True
+                if keep(path):
+                    yield InputItem(path, from_folder=True)
             if not found:
-                out.append(InputItem(item, f"folder contains no FITS files (looked for {', '.join(SPECTRA_SUFFIXES)})"))
-            for p in found:
-                add(p, from_folder=True)
+                yield InputItem(item, f"folder contains no FITS files (looked for {', '.join(SPECTRA_SUFFIXES)})")
         elif item.startswith("@"):
-            out.extend(_expand_list(Path(item[1:]), item, exclude, _lists))
+            yield from _expand_list(Path(item[1:]), item, skip, _lists)
         elif glob.has_magic(item):
             found = sorted(p for p in glob.glob(item, recursive=True) if not os.path.isdir(p))
             if not found:
-                out.append(InputItem(item, "no file matches this pattern"))
-            for p in found:
-                add(p)
+                yield InputItem(item, "no file matches this pattern")
+            for path in found:
+                if keep(path):
+                    yield InputItem(path)
         else:
-            out.append(InputItem(item))  # missing: the reader says "file does not exist" in its row
-    return out
+            yield InputItem(item)  # missing: the reader says "file does not exist" in its row
 
 
-def _expand_list(list_path: Path, item: str, exclude: Sequence[str | Path], lists: tuple) -> list[InputItem]:
+def _expand_list(list_path: Path, item: str, skip: frozenset, lists: tuple) -> Iterator[InputItem]:
     """The inputs named by one @list file."""
     if not list_path.is_file():
-        return [InputItem(item, f"list file {list_path} not found")]
+        yield InputItem(item, f"list file {list_path} not found")
+        return
     if list_path.resolve() in lists:
-        return [InputItem(item, f"list file {list_path} includes itself")]
-    try:
-        entries = _list_entries(list_path)
-    except OSError as exc:
-        return [InputItem(item, f"list file {list_path} cannot be read: {exc.strerror or exc}")]
-    if not entries:
-        return [InputItem(item, f"list file {list_path} names no input")]
+        yield InputItem(item, f"list file {list_path} includes itself")
+        return
     base = list_path.parent
 
     def relative(entry: str) -> str:
         at, name = ("@", entry[1:]) if entry.startswith("@") and not os.path.lexists(base / entry) else ("", entry)
         return at + (name if os.path.isabs(name) else str(base / name))
 
-    return expand_inputs([relative(e) for e in entries], exclude, lists + (list_path.resolve(),))
+    named = False
+    inner = lists + (list_path.resolve(),)
+    try:
+        for entry in _list_entries(list_path):
+            named = True
+            yield from _iter([relative(entry)], skip, inner)
+    except OSError as exc:
+        yield InputItem(item, f"list file {list_path} cannot be read: {exc.strerror or exc}")
+        return
+    if not named:
+        yield InputItem(item, f"list file {list_path} names no input")

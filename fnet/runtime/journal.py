@@ -16,7 +16,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 
@@ -37,12 +37,27 @@ def journal_paths(output: str | Path) -> tuple[Path, Path]:
     return output.with_name(output.name + ".fnet-progress"), output.with_name(output.name + ".fnet-progress.pdf")
 
 
-def run_fingerprint(paths: Sequence[str], model_sha256: str, nbins: int | None) -> dict[str, Any]:
+class InputsDigest:
+    """SHA-256 and count of the expanded input paths, fed one at a time (inputs may not fit in memory)."""
+
+    def __init__(self):
+        self._digest = hashlib.sha256()
+        self.count = 0
+
+    def add(self, path: str) -> None:
+        self._digest.update(os.fsencode(path) + b"\0")
+        self.count += 1
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()
+
+
+def run_fingerprint(paths: Iterable[str], model_sha256: str, nbins: int | None) -> dict[str, Any]:
     """What makes two runs the same run: the expanded inputs in order, the model file, the P(z) option."""
-    digest = hashlib.sha256()
+    digest = InputsDigest()
     for path in paths:
-        digest.update(os.fsencode(path) + b"\0")
-    return {"journal": JOURNAL_VERSION, "inputs_sha256": digest.hexdigest(), "n_inputs": len(paths),
+        digest.add(path)
+    return {"journal": JOURNAL_VERSION, "inputs_sha256": digest.hexdigest(), "n_inputs": digest.count,
             "model_sha256": model_sha256, "pdf_bins": nbins}
 
 

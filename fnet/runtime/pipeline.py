@@ -17,7 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator, Protocol, Sequence
+from itertools import islice
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -70,9 +71,9 @@ def _read(index: int, item: InputItem) -> _FileResult:
                                                  f"report it): {exc}")
 
 
-def _prefetch(items: Sequence[InputItem], start: int, workers: int, ahead: int) -> Iterator[_FileResult]:
-    """Read files in a thread pool, at most `ahead` in flight, yielding results in input order."""
-    numbered = list(enumerate(items, start=start))
+def _prefetch(items: Iterable[InputItem], start: int, workers: int, ahead: int) -> Iterator[_FileResult]:
+    """Read items from index `start` on in a thread pool, at most `ahead` in flight, yielding results in input order."""
+    numbered = islice(enumerate(items), start, None)
     if workers <= 1:
         yield from (_read(i, item) for i, item in numbered)
         return
@@ -311,10 +312,13 @@ class _Pending:
         return all(s is not None for s in self.slots)
 
 
-def run_items(items: Sequence[InputItem], predictor: Predictor, sink: RowSink, *, start: int = 0,
-              batch_size: int = 64, read_workers: int = 2, progress: bool = False,
+def run_items(items: Iterable[InputItem], predictor: Predictor, sink: RowSink, *, start: int = 0,
+              total: int | None = None, batch_size: int = 64, read_workers: int = 2, progress: bool = False,
               on_row: Callable[[dict], None] | None = None) -> tuple[int, float]:
-    """Run items[start:] through the predictor into the sink; returns (inputs skipped, seconds)."""
+    """Run the items from index `start` on through the predictor into the sink; returns (inputs skipped, seconds).
+
+    `items` may be a generator (fnet-run streams them); `total` is only for the progress bar.
+    """
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
@@ -340,8 +344,11 @@ def run_items(items: Sequence[InputItem], predictor: Predictor, sink: RowSink, *
             batch.clear()
         emit_complete()
 
-    bar = tqdm(total=len(items) - start, unit="file", disable=not progress, file=sys.stderr, dynamic_ncols=True)
-    for result in _prefetch(items[start:], start, read_workers, ahead=4 * max(read_workers, 1)):
+    if total is None and isinstance(items, Sequence):
+        total = len(items)
+    bar = tqdm(total=None if total is None else total - start, unit="file", disable=not progress, file=sys.stderr,
+               dynamic_ncols=True)
+    for result in _prefetch(items, start, read_workers, ahead=4 * max(read_workers, 1)):
         bar.update(1)
         if result.problem is not None:
             skipped += result.skip
