@@ -146,11 +146,11 @@ def test_list_files_globs_and_output_formats(tmp_path, regression_model):
     (["-o", "cat.txt"], "unknown catalog format"),
     (["--device", "gpu"], "Invalid value"),
 ])
-def test_usage_errors_exit_2(tmp_path, regression_model, args, message):
+def test_usage_errors_exit_2(tmp_path, regression_model, args, message, monkeypatch):
     spec = require_shared("sdss", "dr16", "spec-3655-55240-0026.fits")
     base = [spec] + (["--model", regression_model] if "--model" not in args else [])
-    with CliRunner().isolated_filesystem(temp_dir=tmp_path):
-        result = CliRunner().invoke(run_command, [str(a) for a in base + args])
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(run_command, [str(a) for a in base + args])
     assert result.exit_code == 2
     assert message in result.output
 
