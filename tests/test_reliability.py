@@ -567,3 +567,10 @@ def test_a_temporary_file_left_by_a_killed_write_is_cleaned_up(tmp_path, model):
     stale.write_bytes(b"")  # what a SIGKILL during the final write leaves behind
     assert run([spec_file(), "-m", model, "-o", out, "-q"]).exit_code == 0
     assert not stale.exists() and out.exists()
+
+
+def test_a_file_two_formats_claim_is_refused_as_ambiguous(tmp_path):
+    spec = fuzz._blocks(spec_file().read_bytes())
+    desi = fuzz._blocks(require_shared("desi", "coadd-main-dark-9144.fits").read_bytes())
+    with pytest.raises(SpectrumReadError, match="ambiguous layout"):
+        _read_bytes(b"".join([spec[0], spec[1], *desi[1:]]))

@@ -22,7 +22,7 @@ from . import desi_coadd, fits_open, lamost, sdss_plate, sdss_spec, sdss_spspec
 
 __all__ = ["FORMATS", "detect_format", "read_spectra", "describe_hdus"]
 
-# Detection order: the cheap primary-header checks first, the DESI scan (reads every header) last.
+# Every adapter is asked; exactly one must claim a file (detect_format).
 _ADAPTERS = {
     lamost.FORMAT: lamost,
     sdss_spspec.FORMAT: sdss_spspec,
@@ -53,11 +53,14 @@ def describe_hdus(hdul: fits.HDUList, max_columns: int = 6) -> str:
 
 
 def detect_format(hdul: fits.HDUList) -> str:
-    """Name of the spectra format of an open FITS file (one of FORMATS); SpectrumReadError if none fits."""
-    for name, adapter in _ADAPTERS.items():
-        if adapter.matches(hdul):
-            return name
+    """Name of the spectra format of an open FITS file (one of FORMATS); SpectrumReadError if none or several fit."""
     path = hdul.filename() or "<in-memory FITS>"
+    found = [name for name, adapter in _ADAPTERS.items() if adapter.matches(hdul)]
+    if len(found) == 1:
+        return found[0]
+    if found:  # e.g. a spec-file COADD table and DESI arm images in one file: refuse rather than pick one
+        raise SpectrumReadError(path, f"ambiguous layout: the file looks like {' and '.join(found)} at once; "
+                                      f"found HDUs: {describe_hdus(hdul)}")
     raise SpectrumReadError(
         path,
         f"unsupported layout (not SDSS spec/spPlate/spSpec, DESI coadd or LAMOST spectra); found HDUs: {describe_hdus(hdul)}",
