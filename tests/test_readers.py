@@ -15,7 +15,7 @@ from fnet.runtime.errors import SpectrumReadError
 from fnet.runtime.masks import HONOURED_AND_MASK_BITS, bit_value, sdss_good_pixels
 from fnet.runtime.readers import FORMATS, NO_GOOD_PIXELS_NOTE, detect_format, read_spectra
 from fnet.runtime.readers.sdss_plate import NO_IVAR_NOTE
-from fnet.runtime.readers.sdss_spec import read_columns
+from fnet.runtime.readers.fits_fast import read_columns
 
 SDSS = SHARED_DATA / "sdss"
 DESI = SHARED_DATA / "desi"

@@ -1,17 +1,20 @@
 """Read the real BOSS spec files of the shared data folder once: vectors on the 1e-4 lattice plus pipeline class/z.
 
-The coadd (HDU 1) and spAll row (HDU 2) are read straight from the FITS blocks: astropy's header and 236-column
-table parsing costs ~40 ms per file, this ~1 ms. Anything unexpected falls back to astropy.
+The coadd (HDU 1) and spAll row (HDU 2) are read through the runtime's FITS fast path (readers/fits_fast.py):
+astropy's header and 236-column table parsing costs ~40 ms per file, this ~1 ms. Anything else falls back to astropy.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from astropy.io import fits
+
+from ..runtime.errors import SpectrumReadError
+from ..runtime.readers.fits_fast import table_columns
+from ..runtime.readers.fits_open import open_fits_bytes
 
 # folders (relative to the data dir) searched for BOSS/eBOSS spec-PLATE-MJD-FIBER.fits files
 SPEC_DIRS = ("sdss/dr16", "sdss/formats")
@@ -35,79 +38,15 @@ class RealSpectrum:
     zwarning: int
 
 
-_BLOCK = 2880
-_TFORM = re.compile(r"^\s*(\d*)([LXBIJKAEDCMPQ])")
-_SIZE = {"L": 1, "B": 1, "I": 2, "J": 4, "K": 8, "A": 1, "E": 4, "D": 8, "C": 8, "M": 16, "P": 8, "Q": 16}
-_DTYPE = {"I": ">i2", "J": ">i4", "K": ">i8", "E": ">f4", "D": ">f8", "B": "u1"}
-
-
-def _raw_hdus(path: Path, count: int) -> tuple[bytes, list[tuple[dict[str, str], int]]]:
-    """File bytes and (cards, data offset) of its first `count` HDUs, walking the 2880-byte FITS blocks."""
-    raw = Path(path).read_bytes()
-    hdus, pos = [], 0
-    while len(hdus) < count and pos < len(raw):
-        cards: dict[str, str] = {}
-        while True:
-            block = raw[pos : pos + _BLOCK].decode("ascii", "replace")
-            if len(block) < _BLOCK:
-                raise ValueError("truncated header")
-            pos += _BLOCK
-            done = False
-            for i in range(0, _BLOCK, 80):
-                card = block[i : i + 80]
-                key = card[:8].strip()
-                if key == "END":
-                    done = True
-                    break
-                if card[8:10] == "= ":
-                    text = card[10:]
-                    value = text.split("'")[1] if text.lstrip().startswith("'") else text.split("/")[0]
-                    cards.setdefault(key, value.strip())
-            if done:
-                break
-        naxis = int(cards.get("NAXIS", 0))
-        size = 0
-        if naxis:
-            size = int(cards.get("PCOUNT", 0))
-            n = 1
-            for i in range(1, naxis + 1):
-                n *= int(cards[f"NAXIS{i}"])
-            size = abs(int(cards["BITPIX"])) // 8 * int(cards.get("GCOUNT", 1)) * (n + size)
-        hdus.append((cards, pos))
-        pos += -(-size // _BLOCK) * _BLOCK
-    return raw, hdus
-
-
-def _table(raw: bytes, cards: dict[str, str], offset: int, columns: tuple[str, ...], rows: int | None = None):
-    """Requested fixed-width columns of a binary table (case-insensitive names) as a dict of numpy arrays."""
-    if cards.get("XTENSION", "").strip() != "BINTABLE":
-        raise ValueError("not a binary table")
-    names, formats, offsets, pos = [], [], [], 0
-    wanted = {c.upper() for c in columns}
-    for i in range(1, int(cards["TFIELDS"]) + 1):
-        match = _TFORM.match(cards[f"TFORM{i}"])
-        if match is None:
-            raise ValueError("unsupported TFORM")
-        rep, code = int(match.group(1) or 1), match.group(2)
-        name = cards[f"TTYPE{i}"].strip().upper()
-        if name in wanted and (code in _DTYPE or code == "A"):
-            names.append(name)
-            formats.append(f"S{rep}" if code == "A" else (_DTYPE[code] if rep == 1 else (_DTYPE[code], rep)))
-            offsets.append(pos)
-        pos += (rep + 7) // 8 if code == "X" else rep * _SIZE[code]
-    nrow = int(cards["NAXIS2"]) if rows is None else min(rows, int(cards["NAXIS2"]))
-    dtype = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": int(cards["NAXIS1"])})
-    data = np.frombuffer(raw, dtype=dtype, count=nrow, offset=offset)
-    return {name: data[name] for name in names}
-
-
 def _read_fast(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]] | None:
-    """Coadd columns and spAll scalars straight from the FITS blocks."""
-    raw, hdus = _raw_hdus(path, 3)
-    if len(hdus) < 3:
-        return None
-    coadd = _table(raw, *hdus[1], COADD_COLUMNS)
-    meta = _table(raw, *hdus[2], META_COLUMNS, rows=1)
+    """Coadd columns and spAll scalars through the runtime's FITS fast path (no astropy header parsing)."""
+    with open_fits_bytes(Path(path)) as (fileobj, layout, _):
+        if len(layout.hdus) < 3:
+            return None
+        coadd = table_columns(fileobj, layout.hdus[1].header_loc, COADD_COLUMNS)
+        meta = table_columns(fileobj, layout.hdus[2].header_loc, META_COLUMNS)
+    if coadd is None or meta is None:
+        raise ValueError("layout not decoded by the fast path")
     cols = {k.lower(): np.asarray(v) for k, v in coadd.items()}
     out = {}
     for k, v in meta.items():
@@ -117,7 +56,7 @@ def _read_fast(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]] | 
 
 
 def _read_astropy(path: Path) -> tuple[dict[str, np.ndarray], dict[str, object]] | None:
-    """Same as _read_fast through astropy (slow, for layouts the block walker rejects)."""
+    """Same as _read_fast through astropy (slow, for layouts the block walker cannot decode)."""
     with fits.open(path, memmap=False) as hdul:
         if not isinstance(hdul[1], fits.BinTableHDU) or not isinstance(hdul[2], fits.BinTableHDU):
             return None
@@ -135,7 +74,7 @@ def read_boss_spec(path: Path) -> RealSpectrum | None:
     try:
         try:
             got = _read_fast(path)
-        except (ValueError, KeyError, IndexError, TypeError):
+        except (ValueError, KeyError, IndexError, TypeError, SpectrumReadError):
             got = _read_astropy(path)
         if got is None:
             return None

@@ -18,7 +18,7 @@ from astropy.utils.exceptions import AstropyUserWarning
 
 from ..errors import CatalogFileError, SpectrumReadError
 from ..spectrum import Spectrum, clean_meta
-from . import desi_coadd, fits_open, lamost, sdss_plate, sdss_spec, sdss_spspec
+from . import desi_coadd, fits_fast, fits_open, lamost, sdss_plate, sdss_spec, sdss_spspec
 
 __all__ = ["FORMATS", "detect_format", "read_spectra", "describe_hdus"]
 
@@ -41,7 +41,7 @@ def describe_hdus(hdul: fits.HDUList, max_columns: int = 6) -> str:
     for index, hdu in enumerate(hdul):
         name = hdu.name or "(unnamed)"
         if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
-            cols = list(sdss_spec.columns_lower(hdu).values()) or hdu.columns.names
+            cols = list(fits_fast.columns_lower(hdu).values()) or hdu.columns.names
             more = ", ..." if len(cols) > max_columns else ""
             what = f"table {hdu.header.get('NAXIS2', 0)} rows [{', '.join(cols[:max_columns])}{more}]"
         elif hdu.header.get("NAXIS", 0) == 0:

@@ -22,7 +22,7 @@ from astropy.io import fits
 from ..errors import SpectrumReadError
 from ..spectrum import Spectrum
 from .fits_open import hdu_names
-from .sdss_spec import read_columns, scalar
+from .fits_fast import read_columns, scalar
 
 FORMAT = "desi-coadd"
 

@@ -20,7 +20,8 @@ from astropy.io import fits
 
 from ..errors import SpectrumReadError
 from ..spectrum import Spectrum
-from .sdss_spec import scalar, snap_loglam, vacuum_loglam
+from .fits_fast import scalar
+from .wavelengths import snap_loglam, vacuum_loglam
 
 FORMAT = "lamost"
 

@@ -16,7 +16,8 @@ from astropy.io import fits
 from ..errors import SpectrumReadError
 from ..masks import sdss_good_pixels
 from ..spectrum import Spectrum
-from .sdss_spec import columns_lower, read_columns, scalar, snap_loglam, vacuum_loglam
+from .fits_fast import columns_lower, read_columns, scalar
+from .wavelengths import snap_loglam, vacuum_loglam
 
 FORMAT = "sdss-spplate"
 

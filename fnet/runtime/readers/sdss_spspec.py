@@ -18,7 +18,8 @@ from astropy.io import fits
 
 from ..masks import sdss_good_pixels
 from ..spectrum import Spectrum
-from .sdss_spec import scalar, snap_loglam, vacuum_loglam
+from .fits_fast import scalar
+from .wavelengths import snap_loglam, vacuum_loglam
 
 FORMAT = "sdss-spspec"
 
