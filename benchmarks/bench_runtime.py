@@ -45,7 +45,8 @@ def paper_package(tmp: Path) -> Path:
     """Export the paper architecture with random weights (same cost as the trained one)."""
     import torch
 
-    from fnet.export.onnx_export import PackageInfo, _export_graph, _set_metadata
+    from fnet.export.onnx_export import _export_graph, _set_metadata
+    from fnet.train.package import PackageInfo
     from fnet.runtime.grid import Grid
     from fnet.train.model import build_model
 

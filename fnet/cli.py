@@ -396,7 +396,7 @@ def eval_command(inputs, truth, model, checkpoint, z_column, out_dir, variants, 
 @click.option("--no-export", is_flag=True)
 def reproduce_command(dr16q, spectra_root, dr12q, work_dir, config, overrides, processes, limit, no_export):
     """Reproduce the paper from DR16Q: build the dataset, train, report on the test split, export. Resumable."""
-    from .train.reproduce import reproduce_paper
+    from .reproduce import reproduce_paper
 
     summary = reproduce_paper(dr16q, spectra_root, work_dir, dr12q=dr12q, config=config, overrides=overrides,
                               processes=processes, limit=limit, export=not no_export)

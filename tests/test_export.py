@@ -10,7 +10,9 @@ import torch
 from click.testing import CliRunner
 
 from conftest import require_shared
-from fnet.export.onnx_export import ExportParityError, PackageInfo, export_onnx, torch_reference
+from fnet.export.onnx_export import ExportParityError, export_onnx
+from fnet.train.evaluate_torch import TorchBackend
+from fnet.train.package import PackageInfo
 from fnet.export.parity import TOLERANCES, run_in_batches
 from fnet.export.pipeline import parity_inputs
 from fnet.runtime.backends import open_backend
@@ -57,13 +59,13 @@ def test_export_writes_a_package_whose_redshifts_match_torch(tmp_path, tiny_net,
     from fnet.runtime.readers import read_spectra
 
     x = prepare_spectra([read_spectra(f)[0] for f in files], GRID, NORM).x
-    z_torch = decode(torch_reference(tiny_net)(x, "logits"), HEAD).z
+    z_torch = decode(TorchBackend(tiny_net, "logits").run(x), HEAD).z
     dv = 299792.458 * (catalog.column("Z") - z_torch) / (1 + z_torch)
     assert np.percentile(np.abs(dv), 90) <= TOLERANCES[precision]["p99_abs_dv_kms"]
 
 
 def test_parity_failure_writes_nothing(tmp_path, tiny_net, info, parity_x):
-    ref = run_in_batches(lambda b: torch_reference(tiny_net)(b, "logits"), parity_x)
+    ref = run_in_batches(TorchBackend(tiny_net, "logits").run, parity_x)
     shuffled = {"logits": ref["logits"][:, ::-1].copy()}  # a reference whose peaks sit elsewhere
     path = tmp_path / "bad.onnx"
     with pytest.raises(ExportParityError, match="not written"):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,10 @@ from torch import nn
 
 from ..runtime.atomic import atomic_path
 from ..runtime.backends import OnnxRuntimeBackend
-from ..runtime.grid import Grid
-from ..runtime.model_package import ModelPackage, build_metadata
+from ..runtime.model_package import ModelPackage
 from ..runtime.onnx_wire import stamp_integrity
+from ..train.evaluate_torch import TorchBackend
+from ..train.package import PackageInfo
 from .parity import TOLERANCES, ParityReport, compare_outputs, run_in_batches
 
 PRECISIONS = ("fp32", "fp16")
@@ -34,28 +34,6 @@ class ExportParityError(RuntimeError):
         super().__init__(f"{path}: not written, {report.summary()} (tolerance {report.tolerance})")
 
 
-@dataclass
-class PackageInfo:
-    """What a model package says about itself besides the graph (from the training checkpoint)."""
-
-    model_name: str
-    model_version: str
-    architecture: str
-    grid: Grid
-    normalisation: dict
-    head: dict
-    z_range: tuple[float, float]
-    quality: dict | None = None
-    training: dict = field(default_factory=dict)
-
-    def metadata(self, precision: str, parity: dict | None = None) -> dict[str, str]:
-        """metadata_props for this package at the given precision."""
-        return build_metadata(model_name=self.model_name, model_version=self.model_version,
-                              architecture=self.architecture, grid=self.grid, normalisation=self.normalisation,
-                              head=self.head, z_range=self.z_range, quality=self.quality, training=self.training,
-                              parity=parity, extra={"fnet.precision": precision})
-
-
 class _HalfPrecision(nn.Module):
     """Run the wrapped network in float16 while keeping float32 input and output."""
 
@@ -65,16 +43,6 @@ class _HalfPrecision(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.half()).float()
-
-
-def torch_reference(model: nn.Module):
-    """A backend-like callable: (n, npix) numpy -> {output name: numpy} from the float32 torch model."""
-    model = model.eval().float()
-
-    def run(x: np.ndarray, output: str) -> dict[str, np.ndarray]:
-        with torch.inference_mode():
-            return {output: model(torch.from_numpy(np.ascontiguousarray(x[:, None, :]))).numpy()}
-    return run
 
 
 def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
@@ -111,8 +79,7 @@ def export_onnx(model: nn.Module, info: PackageInfo, out_path: str | Path, parit
     output = info.head["output"]
     tolerance = tolerance or TOLERANCES[precision]
     if reference_outputs is None:
-        ref_fn = torch_reference(model)
-        reference_outputs = run_in_batches(lambda b: ref_fn(b, output), parity_x)
+        reference_outputs = run_in_batches(TorchBackend(model, output).run, parity_x)
 
     with atomic_path(out_path) as tmp:
         _export_graph(model, tmp, info.grid.npix, output, precision)

@@ -13,8 +13,11 @@ from ..runtime.pipeline import expand_inputs
 from ..runtime.preprocess import prepare_arrays, prepare_spectra
 from ..runtime.readers import read_spectra
 from ..runtime.errors import SpectrumReadError
-from .onnx_export import ExportParityError, PackageInfo, export_onnx
-from .parity import ParityReport
+from ..train.checkpoint import load_model
+from ..train.evaluate_torch import TorchBackend
+from ..train.package import package_info
+from .onnx_export import ExportParityError, export_onnx
+from .parity import ParityReport, run_in_batches
 
 
 @dataclass
@@ -55,31 +58,16 @@ def parity_inputs(grid: Grid, normalisation: dict, spectra: Sequence[str] = (), 
     return np.concatenate(xs), sources
 
 
-def package_info(meta: dict, model_version: str, name: str | None = None) -> PackageInfo:
-    """PackageInfo from a checkpoint's metadata (what fnet.train.checkpoint.load_model returns)."""
-    training = dict(meta.get("training", {}))
-    training.setdefault("epoch", meta.get("epoch"))
-    training.setdefault("best", meta.get("best"))
-    return PackageInfo(model_name=name or meta.get("name", "fnet"), model_version=model_version,
-                       architecture=meta["arch"], grid=Grid.from_dict(meta["grid"]),
-                       normalisation=dict(meta["normalisation"]), head=dict(meta["head"]),
-                       z_range=tuple(meta["z_range"]), training=training)
-
-
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, precisions: Sequence[str] = ("fp32",),
                       tensorrt: bool = False, parity_spectra: Sequence[str] = (), n_simulated: int = 256,
                       model_version: str = "0.1.0", name: str | None = None, force: bool = False,
                       max_batch: int = 256) -> list[ExportResult]:
     """Export every requested artefact of a checkpoint; each is written only if its parity check passes."""
-    from ..train.checkpoint import load_model
-    from .onnx_export import run_in_batches, torch_reference
-
     model, meta = load_model(checkpoint)
     info = package_info(meta, model_version, name)
     x, sources = parity_inputs(info.grid, info.normalisation, parity_spectra, n_simulated)
     info.training["parity_inputs"] = sources
-    ref = torch_reference(model)
-    reference = run_in_batches(lambda b: ref(b, info.head["output"]), x)
+    reference = run_in_batches(TorchBackend(model, info.head["output"]).run, x)
     out_dir = Path(out_dir)
     results = []
     for precision in precisions:

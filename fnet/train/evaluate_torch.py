@@ -10,13 +10,14 @@ import torch
 from ..runtime.backends import Backend
 from ..runtime.model_package import ModelPackage
 from .checkpoint import load_model
+from .package import package_info
 
 
 class TorchBackend(Backend):
     """The runtime Backend interface over a torch model, so checkpoints and ONNX files are judged alike."""
 
     def __init__(self, model: torch.nn.Module, output: str, device: str = "cpu"):
-        self.model = model.eval().to(device)
+        self.model = model.eval().float().to(device)
         self.output = output
         self.device = device
         self.name = f"torch[{device}]"
@@ -30,8 +31,6 @@ class TorchBackend(Backend):
 
 def checkpoint_package(checkpoint: str | Path) -> tuple[torch.nn.Module, ModelPackage]:
     """The network and a ModelPackage built from the checkpoint's metadata, as an export would write it."""
-    from ..export.pipeline import package_info
-
     model, meta = load_model(checkpoint)
     info = package_info(meta, model_version=f"checkpoint-epoch-{meta.get('epoch')}")
     return model, ModelPackage.from_metadata(Path(checkpoint), info.metadata("fp32"))

@@ -2,7 +2,7 @@
 
     fnet-reproduce-paper DR16Q_v4.fits /data/sdss/spectra/lite --dr12q DR12Q.fits --work runs/paper-dr16q
 
-Every stage is resumable: the dataset builder skips finished shards and training resumes from
+This module sits above training and export (it uses both; neither uses it). Every stage is resumable: the dataset builder skips finished shards and training resumes from
 its last checkpoint, so re-running the same command after an interruption carries on.
 """
 
@@ -14,10 +14,15 @@ from typing import Sequence
 
 import numpy as np
 
-from ..metrics import report as metrics_report
-from ..runtime.heads import decode
-from .config import load_config
-from .dataset_builder import build_dataset
+from .export.parity import run_in_batches
+from .export.pipeline import export_checkpoint
+from .metrics import report as metrics_report
+from .runtime.heads import decode
+from .train.config import load_config
+from .train.data import shard_set
+from .train.dataset_builder import build_dataset
+from .train.evaluate_torch import TorchBackend, checkpoint_package
+from .train.loop import train
 
 
 def shard_overrides(dataset_dir: Path, work_dir: Path) -> list[str]:
@@ -29,15 +34,10 @@ def shard_overrides(dataset_dir: Path, work_dir: Path) -> list[str]:
 
 def evaluate_test_split(checkpoint: str | Path, dataset_dir: str | Path, batch_size: int = 256) -> dict:
     """Metrics report of a checkpoint on the dataset's test split (the paper's DR16Q-only VI quasars)."""
-    from .data import shard_set
-    from .evaluate_torch import checkpoint_package, TorchBackend
-
     model, package = checkpoint_package(checkpoint)
     test = shard_set(dataset_dir, package.grid, package.normalisation, package.head, split="test")
-    backend = TorchBackend(model, package.head["output"])
-    outputs = [backend.run(test.x[i:i + batch_size]) for i in range(0, len(test.x), batch_size)]
-    merged = {k: np.concatenate([o[k] for o in outputs]) for k in outputs[0]}
-    decoded = decode(merged, package.head)
+    outputs = run_in_batches(TorchBackend(model, package.head["output"]).run, test.x, batch_size=batch_size)
+    decoded = decode(outputs, package.head)
     z_err = decoded.z_err if np.isfinite(decoded.z_err).any() else None
     rep = metrics_report(decoded.z, test.z, z_err=z_err)
     rep["paper_reference"] = {"6000": 0.970, "12000": 0.980, "30000": 0.989}
@@ -48,8 +48,6 @@ def reproduce_paper(dr16q: str | Path, spectra_roots: Sequence[str | Path], work
                     dr12q: str | Path | None = None, config: str = "paper", overrides: Sequence[str] = (),
                     processes: int | None = None, limit: int | None = None, export: bool = True) -> dict:
     """Build the dataset, train the configured model on it, report on the test split and export; returns a summary."""
-    from .loop import train
-
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
     base = load_config(config, list(overrides)).to_dict()
@@ -66,8 +64,6 @@ def reproduce_paper(dr16q: str | Path, spectra_roots: Sequence[str | Path], work
                            "failures": manifest["failures"]},
                "checkpoint": str(best), "test": {k: test_report[k] for k in ("n", "median_abs_dv", "fractions")}}
     if export:
-        from ..export.pipeline import export_checkpoint
-
         results = export_checkpoint(best, work / "models", precisions=("fp32", "fp16"), n_simulated=256)
         summary["exports"] = {r.kind: (str(r.path) if r.path else r.error) for r in results}
     (work / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
