@@ -231,7 +231,7 @@ def build_dataset_command(catalog, spectra_root, out_dir, split, dr12q_catalog, 
 
     Resumable: re-running skips finished shards. Rows that cannot be built are listed in failures.csv.
     """
-    from .train.dataset_builder import build_dataset
+    from .dataset import build_dataset
 
     if split == "paper" and not dr12q_catalog:
         _fail_usage("--split paper needs --dr12q CATALOG")

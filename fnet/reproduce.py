@@ -20,7 +20,7 @@ from .metrics import report as metrics_report
 from .runtime.heads import decode
 from .train.config import load_config
 from .train.data import shard_set
-from .train.dataset_builder import build_dataset
+from .dataset import build_dataset
 from .train.evaluate_torch import TorchBackend, checkpoint_package
 from .train.loop import train
 

@@ -12,8 +12,9 @@ import torch
 from fnet.runtime.grid import Grid
 from fnet.train.checkpoint import load_checkpoint, load_model
 from fnet.train.config import Config, ScheduleCfg, load_config
+from fnet.dataset import write_shard
 from fnet.train.data import (EpochBatchSampler, ShardDataset, SimulatedStream, ToySimulator, make_loader, real_set,
-                             simulate_prepared, write_shard)
+                             simulate_prepared)
 from fnet.train.loop import build_scheduler, train
 
 from conftest import require_shared

@@ -6,7 +6,7 @@
 
 The runtime (fnet.runtime) never imports this package; a trained model reaches it only through the
 exported model package (ONNX + metadata: arch, head, grid, normalisation). Names are imported lazily
-so that ``import fnet.train.dataset_builder`` (numpy only) does not pull in torch.
+so that importing one part does not pull in the others. Building datasets (no torch) is fnet.dataset.
 """
 
 from __future__ import annotations

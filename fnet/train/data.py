@@ -14,9 +14,9 @@ Simulated stream (``SimulatedStream``)
     as an uninterrupted one. Workers take steps w, w + W, w + 2W, ...; the DataLoader's
     round-robin then returns them in step order.
 
-Shard layout (``ShardDataset``): the layout fnet.train.dataset_builder writes (real spectra from a
-DR12Q/DR16Q-style catalog, ``fnet-build-dataset``); ``write_shard`` writes the same for simulated
-or test data::
+Shard layout (``ShardDataset``): the format fnet.dataset.shards owns, written by fnet.dataset.build
+(real spectra from a DR12Q/DR16Q-style catalog, ``fnet-build-dataset``) or by
+``fnet.dataset.write_shard`` (simulated or test data); listed and validated by ``fnet.dataset.list_shards``::
 
     ROOT/
       manifest.json   optional; written by the builder: {"grid", "normalisation", "shards": [{"name",
@@ -44,7 +44,6 @@ fnet.simulate.QuasarSimulator.
 from __future__ import annotations
 
 import importlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
+from fnet.dataset.shards import list_shards
 from fnet.runtime.grid import Grid
 from fnet.runtime.preprocess import prepare_arrays
 
@@ -211,55 +211,6 @@ class SimulatedStream(IterableDataset):
 # --------------------------------------------------------------------------------------------
 # Shards
 # --------------------------------------------------------------------------------------------
-
-SHARD_PREFIX = "shard-"
-SHARD_FORMAT = "fnet-dataset-shard"  # fnet.train.dataset_builder.SHARD_FORMAT
-
-
-def write_shard(directory: str | Path, x: np.ndarray, z: np.ndarray, grid: Grid, normalisation: dict,
-                split: str = "train", dtype: str = "float16", extra: dict[str, np.ndarray] | None = None,
-                **meta: Any) -> Path:
-    """Write one shard folder (x.npy, z.npy, meta.json [+ extra per-row arrays]) and return its path."""
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    x = np.asarray(x)
-    z = np.asarray(z)
-    if x.ndim != 2 or x.shape[1] != grid.npix or z.shape != (x.shape[0],):
-        raise ValueError(f"shard arrays must be x (N, {grid.npix}) and z (N,), got {x.shape} and {z.shape}")
-    np.save(d / "x.npy", x.astype(dtype))
-    np.save(d / "z.npy", z.astype(np.float32))
-    for name, arr in (extra or {}).items():
-        np.save(d / f"{name}.npy", np.asarray(arr))
-    info = {"format": SHARD_FORMAT, "name": d.name, "count": int(x.shape[0]), "grid": grid.to_dict(),
-            "normalisation": dict(normalisation), "split": split, "complete": True}
-    info.update(meta)
-    (d / "meta.json").write_text(json.dumps(info, indent=1))  # last: its presence marks a complete shard
-    return d
-
-
-def list_shards(root: str | Path, split: str | None = None) -> list[tuple[Path, dict]]:
-    """(folder, meta) of the non-empty shards under root (of one split, if given), in name order."""
-    root = Path(root)
-    manifest = root / "manifest.json"
-    if manifest.is_file():
-        names = [e["name"] for e in json.loads(manifest.read_text())["shards"]]
-    else:
-        names = sorted(p.name for p in root.glob(SHARD_PREFIX + "*") if p.is_dir())
-    found = []
-    for name in names:
-        d = root / name
-        meta_path = d / "meta.json"
-        if not meta_path.is_file():
-            raise ValueError(f"{d}: no meta.json (incomplete shard?)")
-        meta = json.loads(meta_path.read_text())
-        count = int(meta.get("count", meta.get("n", 0)))
-        if count > 0 and (split is None or meta.get("split", "train") == split):
-            found.append((d, {**meta, "count": count}))
-    if not found:
-        what = f" of split {split!r}" if split else ""
-        raise ValueError(f"{root}: no non-empty {SHARD_PREFIX}NNNNN folders{what} (see fnet.train.data for the layout)")
-    return found
-
 
 class ShardDataset(Dataset):
     """Map-style dataset over memory-mapped shards; indexed by a LIST of row indices, returns a batch."""

@@ -17,7 +17,7 @@ from conftest import PROJECT_ROOT, require_shared
 from fnet.runtime.grid import Grid
 from fnet.runtime.preprocess import prepare_spectra
 from fnet.runtime.readers import read_spectra
-from fnet.train.dataset_builder import DatasetBuildError, build_dataset, load_manifest, open_shards
+from fnet.dataset import DatasetBuildError, build_dataset, load_manifest, open_shards
 
 GRID = {"loglam_start": 3.5522, "loglam_step": 1e-4, "npix": 4618}
 NORM = {"scheme": "ivar_unit_norm", "clip": 10.0}
@@ -236,7 +236,7 @@ def test_builder_does_not_need_torch(tmp_path):
     blocked = tmp_path / "blocked" / "torch"
     blocked.mkdir(parents=True)
     (blocked / "__init__.py").write_text("raise ImportError('torch is deliberately unavailable in this test')\n")
-    code = "import sys, fnet.train.dataset_builder\nassert 'torch' not in sys.modules\n"
+    code = "import sys, fnet.dataset\nassert 'torch' not in sys.modules\n"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(blocked.parent), str(PROJECT_ROOT)]))
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
