@@ -45,7 +45,7 @@ def paper_package(tmp: Path) -> Path:
     """Export the paper architecture with random weights (same cost as the trained one)."""
     import torch
 
-    from fnet.export.onnx_export import _export_graph, _set_metadata
+    from fnet.export.onnx_export import export_graph, set_metadata
     from fnet.train.package import PackageInfo
     from fnet.runtime.grid import Grid
     from fnet.train.model import build_model
@@ -56,8 +56,8 @@ def paper_package(tmp: Path) -> Path:
     model = build_model("paper", head, grid).eval()
     path = tmp / "paper-random.onnx"
     info = PackageInfo("paper-random-weights", "bench", "paper", grid, {"scheme": "zscore_minmax"}, head, (0.0, 7.0))
-    _export_graph(model, path, grid.npix, "z_scaled", "fp32")
-    _set_metadata(path, info.metadata("fp32"))
+    export_graph(model, path, grid.npix, "z_scaled", "fp32")
+    set_metadata(path, info.metadata("fp32"))
     return path
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .runtime.constants import PAPER_GRID
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_NO_CATALOG = 0, 1, 2, 3
 MAX_FAILURE_LINES = 50  # failures echoed to stderr; every one is in the catalog
@@ -215,9 +216,10 @@ def info_command(model):
 @click.option("--dr12q", "dr12q_catalog", type=click.Path(exists=True, dir_okay=False), default=None,
               help="DR12Q catalog for --split paper")
 @click.option("--z-column", default="auto", show_default=True, help="auto: Z_VI where > 0, else Z")
-@click.option("--loglam-start", type=float, default=3.5522, show_default=True)
-@click.option("--loglam-step", type=float, default=1e-4, show_default=True, help="4e-4 for the lite4x models")
-@click.option("--npix", type=int, default=4618, show_default=True, help="1155 for the lite4x models")
+@click.option("--loglam-start", type=float, default=PAPER_GRID["loglam_start"], show_default=True)
+@click.option("--loglam-step", type=float, default=PAPER_GRID["loglam_step"], show_default=True,
+              help="4e-4 for the lite4x models")
+@click.option("--npix", type=int, default=PAPER_GRID["npix"], show_default=True, help="1155 for the lite4x models")
 @click.option("--normalisation", type=click.Choice(["ivar_unit_norm", "zscore_minmax"]), default="ivar_unit_norm",
               show_default=True)
 @click.option("--shard-size", type=click.IntRange(1), default=4096, show_default=True)

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .runtime.constants import C_KMS
+
 from .metrics import report as metrics_report
 from .runtime.pipeline import expand_inputs
 from .runtime.readers import read_spectra
@@ -24,7 +26,6 @@ from .runtime.errors import SpectrumReadError
 PAPER_LINES = {"OVI": 1033.8, "Lya": 1215.7, "NV": 1240.1, "SiIV+OIV]": 1399.8, "CIV": 1549.1,
                "CIII]": 1908.7, "CII]": 2326.4}
 LINE_MASK_HALF_WIDTH_KMS = 5000.0
-C_KMS = 299792.458
 
 
 @dataclass

@@ -13,11 +13,13 @@ Conventions:
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Iterable, Sequence
 
 import numpy as np
 
-C_KMS = 299792.458
+from .runtime.constants import C_KMS
+
 DEFAULT_THRESHOLDS = (6000.0, 12000.0, 30000.0)
 CATASTROPHIC_KMS = 30000.0
 DEFAULT_Z_EDGES = (0.0, 1.0, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0)
@@ -58,60 +60,6 @@ def catastrophic_rate(dv, threshold: float = CATASTROPHIC_KMS) -> float:
     return float(np.mean(a > threshold)) if a.size else float("nan")
 
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularised incomplete beta function (modified Lentz)."""
-    tiny, eps = 1e-300, 1e-15
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 10000):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < eps:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularised incomplete beta function I_x(a, b) for a, b > 0, 0 <= x <= 1."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    ln_front = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
-    front = math.exp(ln_front)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
-def _beta_ppf(q: float, a: float, b: float) -> float:
-    """Inverse of I_x(a, b) by bisection (monotone in x; 200 halvings reach double precision)."""
-    lo, hi = 0.0, 1.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if betainc(a, b, mid) < q:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo < 1e-15:
-            break
-    return 0.5 * (lo + hi)
-
-
 def binomial_interval(k: int, n: int, confidence: float = 0.95, method: str = "wilson") -> tuple[float, float]:
     """Two-sided binomial confidence interval for k successes out of n ("wilson" or "clopper-pearson")."""
     if n <= 0:
@@ -120,45 +68,21 @@ def binomial_interval(k: int, n: int, confidence: float = 0.95, method: str = "w
         raise ValueError(f"need 0 <= k <= n, got k={k}, n={n}")
     alpha = 1.0 - confidence
     if method == "wilson":
-        zq = _normal_ppf(1.0 - alpha / 2.0)
+        zq = NormalDist().inv_cdf(1.0 - alpha / 2.0)
         p = k / n
         denom = 1.0 + zq * zq / n
         centre = (p + zq * zq / (2 * n)) / denom
         half = zq * math.sqrt(p * (1 - p) / n + zq * zq / (4 * n * n)) / denom
         return max(0.0, centre - half), min(1.0, centre + half)
     if method in ("clopper-pearson", "exact"):
-        lo = 0.0 if k == 0 else _beta_ppf(alpha / 2.0, k, n - k + 1)
-        hi = 1.0 if k == n else _beta_ppf(1.0 - alpha / 2.0, k + 1, n - k)
+        try:
+            from scipy.special import betaincinv
+        except ImportError:
+            raise ValueError("clopper-pearson intervals need scipy (pip install scipy); wilson needs nothing") from None
+        lo = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, alpha / 2.0))
+        hi = 1.0 if k == n else float(betaincinv(k + 1, n - k, 1.0 - alpha / 2.0))
         return lo, hi
     raise ValueError(f"unknown interval method {method!r} (wilson, clopper-pearson)")
-
-
-def _normal_ppf(p: float) -> float:
-    """Standard normal quantile (Acklam's rational approximation, refined by one Newton step)."""
-    if not 0.0 < p < 1.0:
-        raise ValueError("p must be in (0, 1)")
-    a = (-3.969683028665376e+01, 2.209460984245205e+02, -2.759285104469687e+02,
-         1.383577518672690e+02, -3.066479806614716e+01, 2.506628277459239e+00)
-    b = (-5.447609879822406e+01, 1.615858368580409e+02, -1.556989798598866e+02,
-         6.680131188771972e+01, -1.328068155288572e+01)
-    c = (-7.784894002430293e-03, -3.223964580411365e-01, -2.400758277161838e+00,
-         -2.549732539343734e+00, 4.374664141464968e+00, 2.938163982698783e+00)
-    d = (7.784695709041462e-03, 3.224671290700398e-01, 2.445134137142996e+00, 3.754408661907416e+00)
-    if p < 0.02425:
-        q = math.sqrt(-2 * math.log(p))
-        x = (((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / \
-            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
-    elif p > 1 - 0.02425:
-        q = math.sqrt(-2 * math.log(1 - p))
-        x = -(((((c[0] * q + c[1]) * q + c[2]) * q + c[3]) * q + c[4]) * q + c[5]) / \
-            ((((d[0] * q + d[1]) * q + d[2]) * q + d[3]) * q + 1)
-    else:
-        q = p - 0.5
-        r = q * q
-        x = (((((a[0] * r + a[1]) * r + a[2]) * r + a[3]) * r + a[4]) * r + a[5]) * q / \
-            (((((b[0] * r + b[1]) * r + b[2]) * r + b[3]) * r + b[4]) * r + 1)
-    e = 0.5 * math.erfc(-x / math.sqrt(2)) - p
-    return x - e * math.sqrt(2 * math.pi) * math.exp(x * x / 2)
 
 
 def fraction_with_interval(mask, confidence: float = 0.95, method: str = "wilson") -> dict:

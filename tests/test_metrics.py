@@ -63,12 +63,6 @@ def test_clopper_pearson_closed_forms():
     assert lo == pytest.approx(0.187086, abs=1e-6) and hi == pytest.approx(1 - lo, abs=1e-9)
 
 
-def test_betainc_matches_closed_form():
-    # I_x(1, b) = 1 - (1 - x)^b ; I_x(a, 1) = x^a
-    assert M.betainc(1.0, 3.0, 0.2) == pytest.approx(1 - 0.8**3, rel=1e-12)
-    assert M.betainc(2.5, 1.0, 0.7) == pytest.approx(0.7**2.5, rel=1e-12)
-
-
 def test_z_err_calibration_by_hand():
     cal = M.z_err_calibration([1.0, 1.0, 1.0, 1.0], [1.01, 1.03, 0.95, 1.0], [0.02, 0.02, 0.02, np.nan])
     # |err| = 0.01 (in), 0.03 (out at 1 sigma, in at 2), 0.05 (out); NaN z_err not counted

@@ -36,6 +36,7 @@ from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
+from ..runtime.constants import PAPER_GRID
 from ..runtime.grid import Grid
 from ..runtime.preprocess import SCHEMES
 from .catalog import read_catalog, read_keys, row_key
@@ -48,7 +49,7 @@ from .split import uniform
 log = logging.getLogger(__name__)
 
 #: The paper's grid: 3566.7-10326 A at 1e-4 dex (4618 pixels).
-DEFAULT_GRID: dict = {"loglam_start": 3.5522, "loglam_step": 1e-4, "npix": 4618}
+DEFAULT_GRID: dict = dict(PAPER_GRID)
 #: Network input normalisation (see fnet.runtime.preprocess for the schemes).
 DEFAULT_NORMALISATION: dict = {"scheme": "ivar_unit_norm", "clip": 10.0}
 #: Keyword options of build_dataset that the fnet-build-dataset CLI can expose, with their defaults.

@@ -45,7 +45,8 @@ class _HalfPrecision(nn.Module):
         return self.net(x.half()).float()
 
 
-def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
+def set_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Replace an ONNX file's metadata_props with `metadata` and stamp its fnet.integrity record."""
     import onnx
 
     proto = onnx.load(str(path))
@@ -57,7 +58,8 @@ def _set_metadata(path: Path, metadata: dict[str, str]) -> None:
     path.write_bytes(stamp_integrity(proto.SerializeToString()))
 
 
-def _export_graph(model: nn.Module, path: Path, npix: int, output: str, precision: str) -> None:
+def export_graph(model: nn.Module, path: Path, npix: int, output: str, precision: str) -> None:
+    """Write the network as an ONNX graph (input 'flux' (N, 1, npix), dynamic batch), FP32 or FP16 inside."""
     net = copy.deepcopy(model).eval().float().cpu()
     if precision == "fp16":
         net = _HalfPrecision(net.half()).eval()
@@ -82,8 +84,8 @@ def export_onnx(model: nn.Module, info: PackageInfo, out_path: str | Path, parit
         reference_outputs = run_in_batches(TorchBackend(model, output).run, parity_x)
 
     with atomic_path(out_path) as tmp:
-        _export_graph(model, tmp, info.grid.npix, output, precision)
-        _set_metadata(tmp, info.metadata(precision))
+        export_graph(model, tmp, info.grid.npix, output, precision)
+        set_metadata(tmp, info.metadata(precision))
         package = ModelPackage.from_metadata(tmp, info.metadata(precision))
         backend = OnnxRuntimeBackend(package, ["CPUExecutionProvider"], threads)
         candidate = run_in_batches(backend.run, parity_x)
@@ -91,5 +93,5 @@ def export_onnx(model: nn.Module, info: PackageInfo, out_path: str | Path, parit
                                  candidate_name=f"onnxruntime-cpu-{precision}", tolerance=tolerance)
         if not report.passed and not force:
             raise ExportParityError(out_path, report)
-        _set_metadata(tmp, info.metadata(precision, parity=report.to_dict()))
+        set_metadata(tmp, info.metadata(precision, parity=report.to_dict()))
     return report

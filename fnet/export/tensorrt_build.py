@@ -27,9 +27,9 @@ def tensorrt_available() -> tuple[bool, str]:
     except ImportError:
         return False, "the tensorrt package is not installed (pip install 'fnet-qso[gpu]')"
     try:
-        from ..runtime.backends import _CudaRuntime
+        from ..runtime.backends import CudaRuntime
 
-        _CudaRuntime()
+        CudaRuntime()
     except BackendUnavailable as exc:
         return False, str(exc)
     return True, ""

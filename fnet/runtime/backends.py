@@ -81,7 +81,7 @@ class TensorRTEngineBackend(Backend):
         except ImportError:
             raise BackendUnavailable(f"{package.path}: a TensorRT engine needs the tensorrt package "
                                      "(pip install 'fnet-qso[gpu]') and an NVIDIA GPU") from None
-        self._cuda = _CudaRuntime()
+        self._cuda = CudaRuntime()
         logger = trt.Logger(trt.Logger.WARNING)
         self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(package.path).read_bytes())
         if self.engine is None:
@@ -131,7 +131,7 @@ class TensorRTEngineBackend(Backend):
         return {k: v.astype(np.float32) for k, v in outputs.items()}
 
 
-class _CudaRuntime:
+class CudaRuntime:
     """The few libcudart calls an engine needs, through ctypes (no pycuda/cuda-python dependency)."""
 
     _H2D, _D2H = 1, 2

@@ -10,7 +10,8 @@ from enum import IntFlag
 
 import numpy as np
 
-C_KMS = 299792.458
+from .constants import C_KMS
+
 
 
 class ZWarn(IntFlag):

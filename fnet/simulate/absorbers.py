@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..runtime.constants import C_KMS
+
 from fnet.simulate.igm import LYA, LYB, LYMAN_LIMIT
 
-C_KMS = 299792.458
 _CLASSICAL = 0.02654  # π e² / (m_e c) in cm² Hz
 # (rest wavelength Å, oscillator strength, damping constant s^-1) for Lyα and Lyβ
 _LYMAN = ((LYA, 0.4164, 6.265e8), (LYB, 0.07912, 1.897e8))

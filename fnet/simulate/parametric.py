@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..runtime.constants import C_KMS
+
 from fnet.simulate.lattice import STEP, redshift_table
 
-C_KMS = 299792.458
 
 # name, lab wavelength Å, EW Å, Gaussian sigma Å, mean shift km/s, shift scatter km/s, kind
 # kind: "B2" broad two-component, "B" broad single Gaussian, "N" narrow (shares the narrow-line strength factor)

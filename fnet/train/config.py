@@ -17,9 +17,10 @@ from typing import Any, Sequence
 
 import yaml
 
+from ..runtime.constants import PAPER_GRID
+
 from fnet.runtime.grid import Grid
 
-PAPER_GRID = {"loglam_start": 3.5522, "loglam_step": 1e-4, "npix": 4618}  # 3566-10325 A, BOSS 1e-4 dex
 
 
 @dataclass

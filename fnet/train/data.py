@@ -54,6 +54,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from fnet.dataset.shards import list_shards
+from fnet.runtime.constants import C_KMS, PAPER_GRID
 from fnet.runtime.grid import Grid
 from fnet.runtime.preprocess import prepare_arrays
 
@@ -90,8 +91,8 @@ class ToyBatch:
 class ToySimulator:
     """Power-law continuum + Gaussian broad lines + mean Lya forest + Gaussian noise on a BOSS-like grid."""
 
-    def __init__(self, seed: int | None = None, loglam_start: float = 3.5522, loglam_step: float = 1e-4,
-                 npix: int = 4618, sn_range: tuple[float, float] = (2.0, 20.0), truncate_fraction: float = 0.2,
+    def __init__(self, seed: int | None = None, loglam_start: float = PAPER_GRID["loglam_start"],
+                 loglam_step: float = PAPER_GRID["loglam_step"], npix: int = PAPER_GRID["npix"], sn_range: tuple[float, float] = (2.0, 20.0), truncate_fraction: float = 0.2,
                  source: str = "toy"):
         self.rng = np.random.default_rng(seed)
         self.loglam = loglam_start + loglam_step * np.arange(npix)
@@ -107,9 +108,8 @@ class ToySimulator:
         rest = lam / (1.0 + z[:, None])
         alpha = rng.normal(-1.5, 0.4, n)[:, None]
         flux = (rest / 2000.0) ** alpha
-        c_kms = 299792.458
         for lam0, ew, fwhm in _TOY_LINES:
-            sigma = lam0 * fwhm * rng.uniform(0.7, 1.4, n)[:, None] / c_kms / 2.3548
+            sigma = lam0 * fwhm * rng.uniform(0.7, 1.4, n)[:, None] / C_KMS / 2.3548
             amp = ew * rng.lognormal(0.0, 0.4, n)[:, None] / (np.sqrt(2 * np.pi) * sigma)
             cont = (lam0 / 2000.0) ** alpha
             flux = flux + amp * cont * np.exp(-0.5 * ((rest - lam0) / sigma) ** 2)
