@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .runtime.atomic import atomic_write_text
 from .runtime.constants import C_KMS
 
 from .metrics import report as metrics_report
@@ -228,5 +229,5 @@ def write_report(reports: list[dict], out_dir: str | Path, model_info: dict) -> 
         rep["plot"] = (str(plot_report(rep, out / f"eval_{slug}.png", model_info.get("name", ""))) if matplotlib
                        else "not drawn: pip install 'fnet-qso[eval]' for plots")
     path = out / "report.json"
-    path.write_text(json.dumps({"model": model_info, "reports": reports}, indent=1))
+    atomic_write_text(path, json.dumps({"model": model_info, "reports": reports}, indent=1))
     return path

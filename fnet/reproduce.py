@@ -14,13 +14,14 @@ from typing import Sequence
 
 import numpy as np
 
+from .dataset import build_dataset
 from .export.parity import run_in_batches
 from .export.pipeline import export_checkpoint
 from .metrics import report as metrics_report
+from .runtime.atomic import atomic_write_text
 from .runtime.heads import decode
 from .train.config import load_config
 from .train.data import shard_set
-from .dataset import build_dataset
 from .train.evaluate_torch import TorchBackend, checkpoint_package
 from .train.loop import train
 
@@ -59,12 +60,12 @@ def reproduce_paper(dr16q: str | Path, spectra_roots: Sequence[str | Path], work
     result = train(cfg)
     best = result.best_checkpoint or result.last_checkpoint
     test_report = evaluate_test_split(best, dataset_dir)
-    (work / "test_report.json").write_text(json.dumps(test_report, indent=1))
+    atomic_write_text(work / "test_report.json", json.dumps(test_report, indent=1))
     summary = {"dataset": {"built": manifest["n_built"], "failed": manifest["n_failed"],
                            "failures": manifest["failures"]},
                "checkpoint": str(best), "test": {k: test_report[k] for k in ("n", "median_abs_dv", "fractions")}}
     if export:
         results = export_checkpoint(best, work / "models", precisions=("fp32", "fp16"), n_simulated=256)
         summary["exports"] = {r.kind: (str(r.path) if r.path else r.error) for r in results}
-    (work / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    atomic_write_text(work / "summary.json", json.dumps(summary, indent=1, default=str))
     return summary

@@ -36,6 +36,7 @@ from typing import Any, Collection, Mapping, Sequence
 
 import numpy as np
 
+from ..runtime.atomic import atomic_path, atomic_write_text, is_temporary
 from ..runtime.constants import PAPER_GRID
 from ..runtime.grid import Grid
 from ..runtime.preprocess import SCHEMES
@@ -43,7 +44,7 @@ from .catalog import read_catalog, read_keys, row_key
 from .errors import R_BAD_Z, R_DUPLICATE, R_FILTERED, R_PAPER_EXCLUDED, DatasetBuildError
 from .index import SPEC, SPPLATE, index_spectra
 from .worker import build_shard
-from .shards import FORMAT, FORMAT_VERSION, SHARD_RE, SPLITS, TMP_PREFIX, valid_shard
+from .shards import FORMAT, FORMAT_VERSION, SHARD_RE, SPLITS, valid_shard
 from .split import uniform
 
 log = logging.getLogger(__name__)
@@ -78,13 +79,6 @@ def _plan_hash(common: dict, rows: np.ndarray, ids: np.ndarray, z: np.ndarray, k
         h.update(np.ascontiguousarray(arr).tobytes())
     h.update(bytes([split_code]))
     return h.hexdigest()
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write a small file via temp file + replace, so readers never see half of it."""
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _check_options(grid: Mapping, normalisation: Mapping, split: str, split_fractions: Sequence[float],
@@ -232,7 +226,7 @@ def build_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     planned_names = {t["name"] for t in plan}
     for entry in os.scandir(out_dir):
-        if entry.name.startswith(TMP_PREFIX):
+        if is_temporary(entry.name) or entry.name.startswith(".tmp-"):  # .tmp-: left by builds before 0.2
             if entry.is_dir():
                 shutil.rmtree(entry.path, ignore_errors=True)
             else:
@@ -282,13 +276,12 @@ def build_dataset(
         for f in done[task["name"]]["failures"]:
             failure_rows.append((f["catalog_row"], "build", f["reason"], f["detail"]))
     failure_rows.sort()
-    with open(out_dir / f"{TMP_PREFIX}failures.csv", "w", newline="") as fh:
+    with atomic_path(out_dir / "failures.csv") as tmp, open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["catalog_row", "plate", "mjd", "fiberid", "z", "stage", "reason", "detail"])
         plates, mjds, fibers, zs = (a.tolist() for a in (cat["plate"], cat["mjd"], cat["fiber"], z))
         w.writerows([row, plates[row], mjds[row], fibers[row], f"{zs[row]:.6g}", stage, why, detail]
                     for row, stage, why, detail in failure_rows)
-    os.replace(out_dir / f"{TMP_PREFIX}failures.csv", out_dir / "failures.csv")
 
     shards = [{"name": t["name"], "split": SPLITS[t["split_code"]], "count": done[t["name"]]["count"],
                "planned": done[t["name"]]["planned"], "failed": len(done[t["name"]]["failures"])} for t in plan]
@@ -318,5 +311,5 @@ def build_dataset(
                 "spectra_per_second": round(built_ok / build_seconds, 2) if built_ok and build_seconds else None,
                 "total_seconds": round(time.perf_counter() - t_start, 3)},
     }
-    _atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=1))
+    atomic_write_text(out_dir / "manifest.json", json.dumps(manifest, indent=1))
     return manifest

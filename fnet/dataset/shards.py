@@ -11,8 +11,8 @@ Layout (fnet-build-dataset writes it; the trainer and fnet-reproduce-paper read 
                        meta.json    format, version, name, count, split, grid, normalisation, files (dtype and
                                     shape of every array), complete, provenance (plan hash, failures, ...)
 
-A shard is written into a temporary folder and renamed into place, meta.json last: a shard folder
-exists complete or not at all. A shard is valid when its meta.json says format fnet-dataset-shard and
+A shard is written into a temporary folder and renamed into place (fnet.runtime.atomic), meta.json
+last: a shard folder exists complete or not at all. A shard is valid when its meta.json says format fnet-dataset-shard and
 complete, and every array's .npy header matches the shape and dtype it records (checked without
 reading the data). Every shard holds rows of one split. This module needs numpy only (no torch).
 """
@@ -20,15 +20,13 @@ reading the data). Every shard holds rows of one split. This module needs numpy 
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import uuid
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
 import numpy as np
 
+from ..runtime.atomic import atomic_directory
 from ..runtime.grid import Grid
 from .errors import DatasetBuildError
 
@@ -39,7 +37,6 @@ FORMAT_VERSION = 1
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 SHARD_PREFIX = "shard-"
 SHARD_RE = re.compile(r"^shard-(\d{5,})$")
-TMP_PREFIX = ".tmp-"
 
 
 def write_shard_arrays(out_dir: Path, name: str, arrays: dict[str, np.ndarray], meta: dict) -> dict:
@@ -52,20 +49,11 @@ def write_shard_arrays(out_dir: Path, name: str, arrays: dict[str, np.ndarray], 
 
 
 def _write_dir(out_dir: Path, name: str, arrays: dict[str, np.ndarray], meta: dict) -> None:
-    """Write arrays + meta.json into a temp directory, then rename it to <out>/<name>."""
-    tmp = out_dir / f"{TMP_PREFIX}{name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    """Write arrays + meta.json (last: its presence marks completeness) as the folder <out_dir>/<name>, atomically."""
+    with atomic_directory(out_dir / name) as tmp:
         for key, arr in arrays.items():
             np.save(tmp / f"{key}.npy", arr)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))  # last: its presence marks completeness
-        final = out_dir / name
-        if final.exists():  # a stale or incomplete shard from an earlier run
-            shutil.rmtree(final)
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
 
 
 def write_shard(directory: str | Path, x: np.ndarray, z: np.ndarray, grid: Grid, normalisation: dict,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.atomic import atomic_path
+from ..runtime.atomic import atomic_path, atomic_write_text
 from ..runtime.backends import OnnxRuntimeBackend, TensorRTEngineBackend
 from ..runtime.errors import BackendUnavailable
 from ..runtime.model_package import ModelPackage, engine_sidecar, load_model_package
@@ -80,5 +80,5 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, parity_x: np.nd
         sidecar_meta["fnet.tensorrt"] = json.dumps({"version": trt.__version__, "max_batch": max_batch,
                                                     "opt_batch": opt_batch, "source_onnx_sha256": package.sha256})
         with atomic_path(engine_sidecar(engine_path)) as side:
-            side.write_text(json.dumps(sidecar_meta, indent=1))
+            atomic_write_text(side, json.dumps(sidecar_meta, indent=1))
     return report

@@ -21,13 +21,14 @@ exporter needs nothing but the checkpoint file.
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..runtime.atomic import atomic_path
 
 import fnet
 
@@ -41,10 +42,8 @@ VERSION = 1
 def save_checkpoint(path: str | Path, state: dict) -> Path:
     """Write a checkpoint atomically (temp file + rename), so a crash never leaves a torn file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
     return path
 
 

@@ -31,6 +31,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from fnet.metrics import report as metrics_report
+from fnet.runtime.atomic import atomic_write_text
 
 from .checkpoint import load_checkpoint, model_metadata, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ScheduleCfg, load_config
@@ -220,7 +221,7 @@ def train(config: Config | str | Path, overrides: tuple[str, ...] | list[str] = 
     head = cfg.head
     ckpt_dir = Path(t.checkpoint_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    (ckpt_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    atomic_write_text(ckpt_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
     model = build_model(cfg.arch, head, grid).to(device)
     optimizer = build_optimizer(model, cfg)
@@ -345,9 +346,9 @@ def train(config: Config | str | Path, overrides: tuple[str, ...] | list[str] = 
         save_checkpoint(last_path, state)
         if is_best:
             save_checkpoint(best_path, state)
-        (ckpt_dir / "history.json").write_text(json.dumps(_finite(history), indent=1))
+        atomic_write_text(ckpt_dir / "history.json", json.dumps(_finite(history), indent=1))
         if full_reports:
-            (ckpt_dir / "val_report.json").write_text(json.dumps({"epoch": epoch + 1, **full_reports}, indent=1))
+            atomic_write_text(ckpt_dir / "val_report.json", json.dumps({"epoch": epoch + 1, **full_reports}, indent=1))
         msg = (f"epoch {epoch + 1}/{t.epochs} loss {train_loss:.4g} lr {lr_used:.3g} "
                f"{record['throughput_spectra_per_s']:.1f} spectra/s")
         if primary:
