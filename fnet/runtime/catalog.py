@@ -373,6 +373,9 @@ def read_catalog(path: str | Path):
     path = Path(path)
     if path.suffix.lower() == ".csv":
         table = Table.read(path, format="ascii.csv", comment="#")
+        for name in table.colnames:  # an empty CSV field is an empty string here, not a masked value
+            if getattr(table[name], "mask", None) is not None and table[name].dtype.kind in "US":
+                table[name] = table[name].filled("")
         with open(path, encoding="utf-8") as fh:  # provenance lines "# KEY = value" written by _write_csv
             for line in fh:
                 if not line.startswith("# "):
