@@ -11,15 +11,16 @@ the runtime, so the training code never reinterprets them. See fnet/configs/*.ya
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import yaml
 
 from ..runtime.constants import PAPER_GRID
-
-from fnet.runtime.grid import Grid
+from ..runtime.grid import Grid
 
 
 
@@ -47,11 +48,11 @@ class DataCfg:
     (fnet-build-dataset output, layout in the fnet.train.data docstring); ``split`` picks its shards.
     """
 
-    source: str = "simulate"
+    source: Literal["simulate", "shards"] = "simulate"
     simulator_class: str = "fnet.simulate:QuasarSimulator"
     simulator: dict = field(default_factory=dict)
     z_range: tuple[float, float] = (0.0, 7.0)
-    z_sampling: str = "simulator"
+    z_sampling: Literal["simulator", "uniform", "log1p"] = "simulator"
     shards: str | None = None
     split: str | None = "train"
     num_workers: int = 0
@@ -86,7 +87,7 @@ class ScheduleCfg:
     "constant": no change.
     """
 
-    kind: str = "paper_step"
+    kind: Literal["paper_step", "plateau", "constant"] = "paper_step"
     milestones: tuple[float, ...] = (0.75, 0.85, 0.90)
     gamma: float = 0.1
     factor: float = 0.2
@@ -109,11 +110,11 @@ class TrainCfg:
     seed: int = 1127802826  # the authors' notebook seed
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # autocast + GradScaler on CUDA; ignored on CPU
-    amp_dtype: str = "float16"  # float16 | bfloat16
+    amp_dtype: Literal["float16", "bfloat16"] = "float16"
     num_threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
     checkpoint_dir: str = "runs/default"
     resume: bool | str = False  # True/"auto": resume from checkpoint_dir/last.pt when present; or a path
-    best_metric: str = "median_abs_dv"  # median_abs_dv (lower is better) | frac_6000 (higher is better)
+    best_metric: Literal["median_abs_dv", "frac_6000"] = "median_abs_dv"  # lower / higher is better
     progress: bool | None = None  # None: tqdm bars only on a TTY
     log_every: int = 50
 
@@ -166,8 +167,8 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def _build(cls: type, d: dict, where: str) -> Any:
-    """Recursively instantiate dataclass `cls` from dict `d`, rejecting unknown keys."""
+def _build(cls: type, d: Any, where: str) -> Any:
+    """Instantiate dataclass `cls` from dict `d` by its type hints, rejecting unknown keys and wrong values."""
     if not isinstance(d, dict):
         raise ValueError(f"config section {where or '<root>'} must be a mapping, got {type(d).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -175,35 +176,68 @@ def _build(cls: type, d: dict, where: str) -> Any:
     if unknown:
         raise ValueError(f"unknown config key(s) {', '.join(sorted(where + k for k in unknown))}; "
                          f"known in {where or '<root>'}: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in d.items():
-        f = fields[name]
-        sub = _section_type(f)
-        if sub is not None:
-            kwargs[name] = _build(sub, value or {}, f"{where}{name}.")
-        else:
-            kwargs[name] = _coerce(value, str(f.type), f"{where}{name}")
-    return cls(**kwargs)
+    hints = typing.get_type_hints(cls)
+    return cls(**{name: _convert(value, hints[name], f"{where}{name}") for name, value in d.items()})
 
 
-def _coerce(value: Any, type_str: str, key: str) -> Any:
-    """Numbers given as strings become numbers (PyYAML reads 1e-3, without a dot, as a string)."""
-    if isinstance(value, list) and "tuple" in type_str:
-        scalar = type_str.split("[", 1)[1].split(",")[0].strip("] ") if "[" in type_str else ""
-        return tuple(_coerce(v, scalar, key) for v in value)
-    if isinstance(value, str) and type_str.split(" | ")[0] in ("float", "int"):
+def _convert(value: Any, hint: Any, key: str) -> Any:
+    """A config value as the type its field declares; ValueError naming the key when it cannot be.
+
+    Numbers may come as strings (PyYAML reads 1e-3, without a dot, as a string; --set gives strings);
+    Literal fields accept only their choices; X | None accepts null; tuples come as YAML lists.
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value or {}, f"{key}.")
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, key)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(errors[0] if len(errors) == 1 else f"config key {key}: {value!r} fits none of {hint}")
+    if origin is typing.Literal:
+        if value not in args:
+            raise ValueError(f"config key {key}: {value!r} is not one of {', '.join(map(repr, args))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key {key}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ValueError(f"config key {key}: expected {len(args)} values, got {len(value)}")
+        return tuple(_convert(v, a, key) for v, a in zip(value, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
+            return value.lower() in ("true", "yes")
+        raise ValueError(f"config key {key}: {value!r} is not true or false")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ValueError(f"config key {key}: {value!r} is not a number")
         try:
-            return float(value) if type_str.startswith("float") else int(value)
-        except ValueError:
+            number = float(value)
+        except (TypeError, ValueError):
             raise ValueError(f"config key {key}: {value!r} is not a number") from None
+        if hint is int:
+            if not number.is_integer():
+                raise ValueError(f"config key {key}: {value!r} is not a whole number")
+            return int(number)
+        return number
+    if hint is str:
+        if not isinstance(value, str):
+            raise ValueError(f"config key {key}: {value!r} is not text")
+        return value
+    if hint is dict or origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config key {key}: expected a mapping, got {value!r}")
+        return value
     return value
-
-
-def _section_type(f: dataclasses.Field) -> type | None:
-    """The dataclass type of a nested section field, else None."""
-    sections = {"GridCfg": GridCfg, "DataCfg": DataCfg, "LossCfg": LossCfg, "OptimCfg": OptimCfg,
-                "ScheduleCfg": ScheduleCfg, "TrainCfg": TrainCfg, "ValidationCfg": ValidationCfg}
-    return sections.get(f.type if isinstance(f.type, str) else getattr(f.type, "__name__", ""))
 
 
 def apply_overrides(d: dict, overrides: Sequence[str]) -> dict:
@@ -263,16 +297,8 @@ def validate(cfg: Config) -> None:
     cfg.head = validate_head(cfg.head)
     if cfg.arch not in ARCHS and cfg.arch not in POOLED:
         raise ValueError(f"arch {cfg.arch!r} unknown; known: {', '.join(list(ARCHS) + list(POOLED))}")
-    if cfg.data.source not in ("simulate", "shards"):
-        raise ValueError(f"data.source must be 'simulate' or 'shards', got {cfg.data.source!r}")
     if cfg.data.source == "shards" and not cfg.data.shards:
         raise ValueError("data.source 'shards' needs data.shards (a directory)")
-    if cfg.data.z_sampling not in ("simulator", "uniform", "log1p"):
-        raise ValueError(f"data.z_sampling must be simulator|uniform|log1p, got {cfg.data.z_sampling!r}")
-    if cfg.schedule.kind not in ("paper_step", "plateau", "constant"):
-        raise ValueError(f"schedule.kind must be paper_step|plateau|constant, got {cfg.schedule.kind!r}")
-    if cfg.train.best_metric not in ("median_abs_dv", "frac_6000"):
-        raise ValueError(f"train.best_metric must be median_abs_dv|frac_6000, got {cfg.train.best_metric!r}")
     if cfg.train.steps_per_epoch is None and cfg.data.source != "shards":
         raise ValueError("train.steps_per_epoch must be set for a simulated (endless) stream")
     if cfg.loss.label_sigma and cfg.head["kind"] != "zbins":
