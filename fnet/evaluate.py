@@ -15,6 +15,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .runtime.atomic import atomic_write_text
+from .runtime.backends import run_in_batches
+from .runtime.heads import decode
 from .runtime.constants import C_KMS
 
 from .metrics import report as metrics_report
@@ -168,6 +170,21 @@ def summary_table(reports: list[dict]) -> str:
                      f"{f['12000']['fraction']:>9.1%}{f['30000']['fraction']:>9.1%}"
                      f"{(med if med is not None else float('inf')):>12.0f}{(p68 if p68 is not None else float('inf')):>10.0f}")
     return "\n".join(lines)
+
+
+def score_outputs(outputs: dict[str, np.ndarray], head: dict, z_true: np.ndarray) -> dict:
+    """The metrics report of raw network outputs against true redshifts, decoded exactly as the runtime decodes.
+
+    Training validation, the test-split report and array evaluation all score through this function.
+    """
+    decoded = decode(outputs, head)
+    return metrics_report(decoded.z, z_true, z_err=decoded.z_err if head["kind"] == "zbins" else None)
+
+
+def evaluate_arrays(run: Callable[[np.ndarray], dict[str, np.ndarray]], x: np.ndarray, z_true: np.ndarray,
+                    head: dict, batch_size: int = 256) -> dict:
+    """Metrics report of a backend's run over already prepared network inputs x (n, npix)."""
+    return score_outputs(run_in_batches(run, x, batch_size), head, z_true)
 
 
 def evaluate(predict: Predict, spectra: list[Spectrum], z_true: np.ndarray, *, variant: str = "as observed",

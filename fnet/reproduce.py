@@ -12,14 +12,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
-
 from .dataset import build_dataset
-from .export.parity import run_in_batches
+from .evaluate import evaluate_arrays
 from .export.pipeline import export_checkpoint
-from .metrics import report as metrics_report
 from .runtime.atomic import atomic_write_text
-from .runtime.heads import decode
 from .train.config import load_config
 from .train.data import shard_set
 from .train.evaluate_torch import TorchBackend, checkpoint_package
@@ -37,10 +33,7 @@ def evaluate_test_split(checkpoint: str | Path, dataset_dir: str | Path, batch_s
     """Metrics report of a checkpoint on the dataset's test split (the paper's DR16Q-only VI quasars)."""
     model, package = checkpoint_package(checkpoint)
     test = shard_set(dataset_dir, package.grid, package.normalisation, package.head, split="test")
-    outputs = run_in_batches(TorchBackend(model, package.head["output"]).run, test.x, batch_size=batch_size)
-    decoded = decode(outputs, package.head)
-    z_err = decoded.z_err if np.isfinite(decoded.z_err).any() else None
-    rep = metrics_report(decoded.z, test.z, z_err=z_err)
+    rep = evaluate_arrays(TorchBackend(model, package.head["output"]).run, test.x, test.z, package.head, batch_size)
     rep["paper_reference"] = {"6000": 0.970, "12000": 0.980, "30000": 0.989}
     return rep
 

@@ -18,7 +18,7 @@ ALLOWED = {
     "evaluate": {"runtime", "metrics"},
     "train": {"fnet", "runtime", "dataset", "simulate", "metrics", "evaluate"},
     "export": {"runtime", "train", "simulate", "metrics"},
-    "reproduce": {"runtime", "dataset", "train", "export", "metrics"},
+    "reproduce": {"runtime", "dataset", "train", "export", "metrics", "evaluate"},
     "cli": {"fnet", "runtime", "dataset", "simulate", "train", "export", "reproduce", "evaluate", "metrics"},
 }
 

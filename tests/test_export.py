@@ -13,7 +13,8 @@ from conftest import require_shared
 from fnet.export.onnx_export import ExportParityError, export_onnx
 from fnet.train.evaluate_torch import TorchBackend
 from fnet.train.package import PackageInfo
-from fnet.export.parity import TOLERANCES, run_in_batches
+from fnet.export.parity import TOLERANCES
+from fnet.runtime.backends import run_in_batches
 from fnet.export.pipeline import parity_inputs
 from fnet.runtime.backends import open_backend
 from fnet.runtime.grid import Grid

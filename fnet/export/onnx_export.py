@@ -20,7 +20,8 @@ from ..runtime.model_package import ModelPackage
 from ..runtime.onnx_wire import stamp_integrity
 from ..train.evaluate_torch import TorchBackend
 from ..train.package import PackageInfo
-from .parity import TOLERANCES, ParityReport, compare_outputs, run_in_batches
+from ..runtime.backends import run_in_batches
+from .parity import TOLERANCES, ParityReport, compare_outputs
 
 PRECISIONS = ("fp32", "fp16")
 OPSET = 17

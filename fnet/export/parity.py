@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+
 from ..metrics import velocity_offsets
 from ..runtime.heads import decode
 
@@ -65,12 +66,3 @@ def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.nd
     report.passed = bool(report.p99_abs_dv_kms <= tolerance["p99_abs_dv_kms"]
                          and frac["6000"] <= tolerance["max_frac_over_6000"])
     return report
-
-
-def run_in_batches(fn, x: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
-    """Call a backend-like function batch by batch and concatenate its outputs by name."""
-    parts: dict[str, list] = {}
-    for start in range(0, len(x), batch_size):
-        for name, value in fn(x[start:start + batch_size]).items():
-            parts.setdefault(name, []).append(np.asarray(value, dtype=np.float32))
-    return {name: np.concatenate(values) for name, values in parts.items()}

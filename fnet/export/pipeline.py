@@ -17,7 +17,8 @@ from ..train.checkpoint import load_model
 from ..train.evaluate_torch import TorchBackend
 from ..train.package import package_info
 from .onnx_export import ExportParityError, export_onnx
-from .parity import ParityReport, run_in_batches
+from ..runtime.backends import run_in_batches
+from .parity import ParityReport
 
 
 @dataclass

@@ -17,7 +17,8 @@ from ..runtime.backends import OnnxRuntimeBackend, TensorRTEngineBackend
 from ..runtime.errors import BackendUnavailable
 from ..runtime.model_package import ModelPackage, engine_sidecar, load_model_package
 from .onnx_export import ExportParityError
-from .parity import TOLERANCES, ParityReport, compare_outputs, run_in_batches
+from ..runtime.backends import run_in_batches
+from .parity import TOLERANCES, ParityReport, compare_outputs
 
 
 def tensorrt_available() -> tuple[bool, str]:

@@ -25,6 +25,19 @@ FIXED_BATCH = {"cpu": 8, "gpu": 64}
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
 
 
+def run_in_batches(run, x: np.ndarray, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Call a backend's run (or any function of that shape) batch by batch and concatenate its outputs by name.
+
+    The one batch-and-concatenate of the toolkit: export parity, checkpoint evaluation and the test-split
+    report all go through it.
+    """
+    parts: dict[str, list] = {}
+    for start in range(0, len(x), batch_size):
+        for name, value in run(x[start:start + batch_size]).items():
+            parts.setdefault(name, []).append(np.asarray(value, dtype=np.float32))
+    return {name: np.concatenate(values) for name, values in parts.items()}
+
+
 class Backend(ABC):
     """Runs a model package on a batch of normalised spectra."""
 

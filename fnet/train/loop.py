@@ -30,14 +30,14 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
-from fnet.metrics import report as metrics_report
+from fnet.evaluate import score_outputs
 from fnet.runtime.atomic import atomic_write_text
 
 from .checkpoint import load_checkpoint, model_metadata, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ScheduleCfg, load_config
 from .data import (ArraySet, EpochBatchSampler, ShardDataset, SimulatedStream, make_loader, real_set, shard_set,
                    simulated_set)
-from .heads import decode_outputs, head_loss, make_targets
+from .heads import head_loss, make_targets
 from .model import build_model, count_macs, count_parameters
 
 log = logging.getLogger("fnet.train")
@@ -153,8 +153,8 @@ def validate(model: torch.nn.Module, vset: ArraySet, cfg: Config, device: torch.
     outputs = predict_outputs(model, vset.x, device, cfg.validation.batch_size, cfg)
     targets = torch.from_numpy(make_targets(vset.z, cfg.head, cfg.loss.label_sigma))
     loss = float(head_loss(outputs, targets, cfg.head))
-    dec = decode_outputs(outputs, cfg.head)  # the runtime's decoder: no train/runtime drift
-    rep = metrics_report(dec.z, vset.z, z_err=dec.z_err if cfg.head["kind"] == "zbins" else None)
+    # scored exactly as fnet-eval and the test-split report score (the runtime's decoder: no drift)
+    rep = score_outputs({cfg.head["output"]: outputs.numpy()}, cfg.head, vset.z)
     summary = {
         "n": rep["n"], "loss": loss, "median_abs_dv": rep["median_abs_dv"], "p68_abs_dv": rep["p68_abs_dv"],
         "catastrophic_rate": rep["catastrophic_rate"],
