@@ -99,6 +99,11 @@ def make_row(values: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def failed_row(message: str, **values: Any) -> dict[str, Any]:
+    """A failed row: STATUS failed, ZWARN BAD_INPUT, Z NaN, and the message saying why (the one place it is built)."""
+    return make_row({**values, "STATUS": "failed", "ZWARN": int(ZWarn.BAD_INPUT), "MESSAGE": message})
+
+
 @dataclass
 class Catalog:
     """Rows held in memory plus header provenance (the Python API; fnet-run streams rows through a RunJournal)."""

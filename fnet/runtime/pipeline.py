@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import __version__
 from .backends import Backend
-from .catalog import Catalog, make_row
+from .catalog import Catalog, failed_row, make_row
 from .errors import CatalogFileError, SpectrumReadError
 from .heads import bin_centres, decode
 from .inputs import InputItem, expand_inputs
@@ -246,9 +246,8 @@ class Predictor:
 
     def _failed(self, spec: Spectrum, why: str, prep: Prepared | None = None) -> Row:
         coverage = float(prep.coverage[0]) if prep is not None else 0.0
-        row = make_row(dict(SOURCE=spec.source, ROW=spec.row, FORMAT=spec.format, **_meta_values(spec),
-                            COVERAGE=coverage, STATUS="failed", ZWARN=int(ZWarn.BAD_INPUT),
-                            MESSAGE=f"{spec.source}[{spec.row}]: {why}"))
+        row = failed_row(f"{spec.source}[{spec.row}]: {why}", SOURCE=spec.source, ROW=spec.row, FORMAT=spec.format,
+                         COVERAGE=coverage, **_meta_values(spec))
         return row, None
 
 
@@ -352,8 +351,7 @@ def run_items(items: Iterable[InputItem], predictor: Predictor, sink: RowSink, *
         bar.update(1)
         if result.problem is not None:
             skipped += result.skip
-            row = make_row(dict(SOURCE=result.item.path, ROW=-1, STATUS="failed", ZWARN=int(ZWarn.BAD_INPUT),
-                                MESSAGE=f"{result.item.path}: {result.problem}"))
+            row = failed_row(f"{result.item.path}: {result.problem}", SOURCE=result.item.path, ROW=-1)
             pending.append(_Pending(result.index, [] if result.skip else [(row, None)], skip=result.skip))
             emit_complete()
             continue

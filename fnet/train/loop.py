@@ -208,148 +208,62 @@ def _show_progress(cfg: Config) -> bool:
     return sys.stderr.isatty() if cfg.train.progress is None else bool(cfg.train.progress)
 
 
+@dataclass
+class _Run:
+    """Everything one training run carries from epoch to epoch."""
+
+    cfg: Config
+    device: torch.device
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    use_scaler: bool
+    ckpt_dir: Path
+    n_params: int
+    macs: float
+    start_epoch: int = 0
+    global_step: int = 0
+    history: list = field(default_factory=list)
+    best: dict = field(default_factory=dict)
+
+
 def train(config: Config | str | Path, overrides: tuple[str, ...] | list[str] = ()) -> TrainResult:
     """Train (or resume) a model as the config says; returns paths, best score and the history."""
     cfg = config if isinstance(config, Config) else load_config(config, overrides)
-    t = cfg.train
-    if t.num_threads > 0:
-        torch.set_num_threads(t.num_threads)
-    device = resolve_device(t.device)
-    torch.manual_seed(t.seed)
-    np.random.seed(t.seed % 2**32)
+    run = _setup(cfg)
     grid = cfg.grid.grid()
-    head = cfg.head
-    ckpt_dir = Path(t.checkpoint_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(ckpt_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-
-    model = build_model(cfg.arch, head, grid).to(device)
-    optimizer = build_optimizer(model, cfg)
-    scheduler = build_scheduler(optimizer, cfg.schedule, t.epochs)
-    use_scaler = device.type == "cuda" and t.amp and t.amp_dtype == "float16"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv kernels
-    loader, epoch_source, steps = _train_loader(cfg, grid, head, pin_memory=device.type == "cuda")
+    loader, epoch_source, steps = _train_loader(cfg, grid, cfg.head, pin_memory=run.device.type == "cuda")
     vsets = validation_sets(cfg, grid)
-    n_params = count_parameters(model)
-    macs = count_macs(model)
     log.info("%s: arch %s, %d parameters, %.3g MAC/spectrum, device %s, %d threads, %d steps/epoch of %d",
-             cfg.name, cfg.arch, n_params, macs, device, torch.get_num_threads(), steps, t.batch_size)
-
-    start_epoch, global_step, history = 0, 0, []
-    best: dict[str, Any] = {"metric": t.best_metric, "value": None, "epoch": None}
-    resume = _resume_path(cfg, ckpt_dir)
-    if resume is not None:
-        state = load_checkpoint(resume, device)
-        _check_compatible(state["config"], cfg, resume)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        _sync_lambda_lr(scheduler, optimizer, cfg.optim.lr)
-        if state.get("scaler") and use_scaler:
-            scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
-        start_epoch, global_step = int(state["epoch"]), int(state["global_step"])
-        history, best = list(state.get("history", [])), dict(state.get("best", best))
-        log.info("resumed from %s at epoch %d", resume, start_epoch)
-
+             cfg.name, cfg.arch, run.n_params, run.macs, run.device, torch.get_num_threads(), steps,
+             cfg.train.batch_size)
+    _resume(run)
     show = _show_progress(cfg)
-    last_path, best_path = ckpt_dir / "last.pt", ckpt_dir / "best.pt"
-    for epoch in range(start_epoch, t.epochs):
+    for epoch in range(run.start_epoch, cfg.train.epochs):
         epoch_source.set_epoch(epoch)
-        model.train()
-        t0 = time.perf_counter()
-        wait = 0.0
-        loss_sum, n_seen, n_batches, bad_steps = 0.0, 0, 0, 0
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show, leave=False,
-                   dynamic_ncols=True)
-        t_wait = time.perf_counter()
-        for x, target, _z in loader:
-            wait += time.perf_counter() - t_wait
-            x, target = x.to(device, non_blocking=True), target.to(device, non_blocking=True)
-            with _autocast(device, cfg):
-                out = model(x)
-            loss = head_loss(out, target, head)
-            if not torch.isfinite(loss):
-                # fp16 activations can overflow now and then: skip that batch (GradScaler backs off on its
-                # own for gradients); in fp32, or when it keeps happening, the run has diverged.
-                bad_steps += 1
-                if not use_scaler or bad_steps > MAX_BAD_STEPS:
-                    raise FloatingPointError(f"epoch {epoch + 1} step {n_batches}: loss is {loss.item()}")
-                log.warning("epoch %d step %d: non-finite loss under fp16 autocast, batch skipped", epoch + 1, n_batches)
-                t_wait = time.perf_counter()
-                continue
-            bad_steps = 0
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.optim.max_grad_norm:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-            warm = min(1.0, (global_step + 1) / cfg.optim.warmup_steps) if cfg.optim.warmup_steps else 1.0
-            scheduled = [g["lr"] for g in optimizer.param_groups]
-            if warm < 1.0:  # scale around the step only, so the schedule never sees warm-up lrs
-                for g in optimizer.param_groups:
-                    g["lr"] *= warm
-            scaler.step(optimizer)
-            scaler.update()
-            for g, lr in zip(optimizer.param_groups, scheduled):
-                g["lr"] = lr
-            global_step += 1
-            n_batches += 1
-            n_seen += x.shape[0]
-            loss_sum += loss.item() * x.shape[0]
-            bar.update(1)
-            if show and n_batches % max(1, t.log_every // 5) == 0:
-                bar.set_postfix(loss=f"{loss_sum / n_seen:.4g}")
-            t_wait = time.perf_counter()
-        bar.close()
-        train_time = time.perf_counter() - t0
-        train_loss = loss_sum / max(n_seen, 1)
-
+        train_loss, n_seen, train_time, wait = _train_epoch(run, loader, epoch, steps, show)
         tv = time.perf_counter()
         val_summaries, full_reports = {}, {}
         for vs in vsets:
-            val_summaries[vs.name], full_reports[vs.name] = validate(model, vs, cfg, device)
+            val_summaries[vs.name], full_reports[vs.name] = validate(run.model, vs, cfg, run.device)
         val_time = time.perf_counter() - tv
         primary = val_summaries[vsets[0].name] if vsets else None
-
-        lr_used = optimizer.param_groups[0]["lr"]
-        if isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-            scheduler.step(primary["loss"] if primary else train_loss)  # the authors step on validation loss
+        lr_used = run.optimizer.param_groups[0]["lr"]
+        if isinstance(run.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+            run.scheduler.step(primary["loss"] if primary else train_loss)  # the authors step on validation loss
         else:
-            scheduler.step()
-
+            run.scheduler.step()
         record = {
-            "epoch": epoch + 1, "global_step": global_step, "lr": lr_used, "train_loss": train_loss,
+            "epoch": epoch + 1, "global_step": run.global_step, "lr": lr_used, "train_loss": train_loss,
             "train_spectra": n_seen, "train_time_s": train_time, "data_wait_s": wait,
             "throughput_spectra_per_s": n_seen / train_time if train_time > 0 else None,
-            "val_time_s": val_time, "val": val_summaries, "device": str(device), "threads": torch.get_num_threads(),
+            "val_time_s": val_time, "val": val_summaries, "device": str(run.device),
+            "threads": torch.get_num_threads(),
         }
-        history.append(record)
-        value = _metric_value(primary, t.best_metric) if primary else train_loss
-        is_best = _improved(value, best["value"], t.best_metric if primary else "loss")
-        if is_best:
-            best = {"metric": t.best_metric if primary else "train_loss", "value": value, "epoch": epoch + 1}
-        record["best"] = is_best
-
-        training_info = {"epochs": epoch + 1, "seed": t.seed, "global_step": global_step, "best": best,
-                         "validation": val_summaries, "params": n_params, "macs": macs,
-                         "data": cfg.to_dict()["data"]}
-        state = {
-            "epoch": epoch + 1, "global_step": global_step, "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict() if use_scaler else None, "config": cfg.to_dict(),
-            "metadata": model_metadata(cfg.to_dict(), training_info), "rng": rng_state(),
-            "history": history, "best": best,
-        }
-        save_checkpoint(last_path, state)
-        if is_best:
-            save_checkpoint(best_path, state)
-        atomic_write_text(ckpt_dir / "history.json", json.dumps(_finite(history), indent=1))
-        if full_reports:
-            atomic_write_text(ckpt_dir / "val_report.json", json.dumps({"epoch": epoch + 1, **full_reports}, indent=1))
-        msg = (f"epoch {epoch + 1}/{t.epochs} loss {train_loss:.4g} lr {lr_used:.3g} "
+        run.history.append(record)
+        _save_epoch(run, epoch, record, primary, train_loss, val_summaries, full_reports)
+        msg = (f"epoch {epoch + 1}/{cfg.train.epochs} loss {train_loss:.4g} lr {lr_used:.3g} "
                f"{record['throughput_spectra_per_s']:.1f} spectra/s")
         if primary:
             msg += (f" | {vsets[0].name}: loss {primary['loss']:.4g} median|dv| {primary['median_abs_dv']} km/s "
@@ -357,9 +271,134 @@ def train(config: Config | str | Path, overrides: tuple[str, ...] | list[str] = 
         log.info(msg)
         if show:
             tqdm.write(msg)
+    best_path = run.ckpt_dir / "best.pt"
+    return TrainResult(run.ckpt_dir, run.ckpt_dir / "last.pt", best_path if best_path.exists() else None,
+                       run.best["metric"], run.best["value"], run.best["epoch"], run.history)
 
-    return TrainResult(ckpt_dir, last_path, best_path if best_path.exists() else None, best["metric"],
-                       best["value"], best["epoch"], history)
+
+def _setup(cfg: Config) -> _Run:
+    """Seeds, device, checkpoint folder (with the config as run), network, optimiser, schedule, scaler."""
+    t = cfg.train
+    if t.num_threads > 0:
+        torch.set_num_threads(t.num_threads)
+    device = resolve_device(t.device)
+    torch.manual_seed(t.seed)
+    np.random.seed(t.seed % 2**32)
+    ckpt_dir = Path(t.checkpoint_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(ckpt_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    model = build_model(cfg.arch, cfg.head, cfg.grid.grid()).to(device)
+    optimizer = build_optimizer(model, cfg)
+    scheduler = build_scheduler(optimizer, cfg.schedule, t.epochs)
+    use_scaler = device.type == "cuda" and t.amp and t.amp_dtype == "float16"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest conv kernels
+    return _Run(cfg, device, model, optimizer, scheduler, scaler, use_scaler, ckpt_dir, count_parameters(model),
+                count_macs(model), best={"metric": t.best_metric, "value": None, "epoch": None})
+
+
+def _resume(run: _Run) -> None:
+    """Load the state of the checkpoint the config resumes from, if any."""
+    path = _resume_path(run.cfg, run.ckpt_dir)
+    if path is None:
+        return
+    state = load_checkpoint(path, run.device)
+    _check_compatible(state["config"], run.cfg, path)
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    _sync_lambda_lr(run.scheduler, run.optimizer, run.cfg.optim.lr)
+    if state.get("scaler") and run.use_scaler:
+        run.scaler.load_state_dict(state["scaler"])
+    set_rng_state(state["rng"])
+    run.start_epoch, run.global_step = int(state["epoch"]), int(state["global_step"])
+    run.history, run.best = list(state.get("history", [])), dict(state.get("best", run.best))
+    log.info("resumed from %s at epoch %d", path, run.start_epoch)
+
+
+def _train_epoch(run: _Run, loader, epoch: int, steps: int, show: bool) -> tuple[float, int, float, float]:
+    """One pass of optimiser steps; returns (mean loss, spectra seen, seconds, seconds waiting for data)."""
+    cfg, t = run.cfg, run.cfg.train
+    run.model.train()
+    t0 = time.perf_counter()
+    wait = 0.0
+    loss_sum, n_seen, n_batches, bad_steps = 0.0, 0, 0, 0
+    bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show, leave=False, dynamic_ncols=True)
+    t_wait = time.perf_counter()
+    for x, target, _z in loader:
+        wait += time.perf_counter() - t_wait
+        x, target = x.to(run.device, non_blocking=True), target.to(run.device, non_blocking=True)
+        with _autocast(run.device, cfg):
+            out = run.model(x)
+        loss = head_loss(out, target, cfg.head)
+        if not torch.isfinite(loss):
+            # fp16 activations can overflow now and then: skip that batch (GradScaler backs off on its
+            # own for gradients); in fp32, or when it keeps happening, the run has diverged.
+            bad_steps += 1
+            if not run.use_scaler or bad_steps > MAX_BAD_STEPS:
+                raise FloatingPointError(f"epoch {epoch + 1} step {n_batches}: loss is {loss.item()}")
+            log.warning("epoch %d step %d: non-finite loss under fp16 autocast, batch skipped", epoch + 1, n_batches)
+            t_wait = time.perf_counter()
+            continue
+        bad_steps = 0
+        _optimizer_step(run, loss)
+        n_batches += 1
+        n_seen += x.shape[0]
+        loss_sum += loss.item() * x.shape[0]
+        bar.update(1)
+        if show and n_batches % max(1, t.log_every // 5) == 0:
+            bar.set_postfix(loss=f"{loss_sum / n_seen:.4g}")
+        t_wait = time.perf_counter()
+    bar.close()
+    return loss_sum / max(n_seen, 1), n_seen, time.perf_counter() - t0, wait
+
+
+def _optimizer_step(run: _Run, loss: torch.Tensor) -> None:
+    """Backward, clip, one optimiser step with linear warm-up applied around the scheduled lr."""
+    optim = run.cfg.optim
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if optim.max_grad_norm:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), optim.max_grad_norm)
+    warm = min(1.0, (run.global_step + 1) / optim.warmup_steps) if optim.warmup_steps else 1.0
+    scheduled = [g["lr"] for g in run.optimizer.param_groups]
+    if warm < 1.0:  # scale around the step only, so the schedule never sees warm-up lrs
+        for g in run.optimizer.param_groups:
+            g["lr"] *= warm
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    for g, lr in zip(run.optimizer.param_groups, scheduled):
+        g["lr"] = lr
+    run.global_step += 1
+
+
+def _save_epoch(run: _Run, epoch: int, record: dict, primary: dict | None, train_loss: float,
+                val_summaries: dict, full_reports: dict) -> None:
+    """Best-checkpoint bookkeeping, last.pt (and best.pt), history.json and val_report.json."""
+    t = run.cfg.train
+    value = _metric_value(primary, t.best_metric) if primary else train_loss
+    is_best = _improved(value, run.best["value"], t.best_metric if primary else "loss")
+    if is_best:
+        run.best = {"metric": t.best_metric if primary else "train_loss", "value": value, "epoch": epoch + 1}
+    record["best"] = is_best
+    training_info = {"epochs": epoch + 1, "seed": t.seed, "global_step": run.global_step, "best": run.best,
+                     "validation": val_summaries, "params": run.n_params, "macs": run.macs,
+                     "data": run.cfg.to_dict()["data"]}
+    state = {
+        "epoch": epoch + 1, "global_step": run.global_step, "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.use_scaler else None, "config": run.cfg.to_dict(),
+        "metadata": model_metadata(run.cfg.to_dict(), training_info), "rng": rng_state(),
+        "history": run.history, "best": run.best,
+    }
+    save_checkpoint(run.ckpt_dir / "last.pt", state)
+    if is_best:
+        save_checkpoint(run.ckpt_dir / "best.pt", state)
+    atomic_write_text(run.ckpt_dir / "history.json", json.dumps(_finite(run.history), indent=1))
+    if full_reports:
+        atomic_write_text(run.ckpt_dir / "val_report.json", json.dumps({"epoch": epoch + 1, **full_reports}, indent=1))
 
 
 def _finite(obj: Any) -> Any:
