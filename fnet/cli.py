@@ -55,6 +55,8 @@ def _load_package(model: str | None):
               help="catalog path: .fits, .fits.gz, .csv or .parquet")
 @click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(1, 65536))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "fft"]), default="auto", show_default=True,
+              help="fft: the package's graph with FFT convolutions (numpy on cpu, CuPy on cuda)")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="inference threads [default: all cores]")
 @click.option("--read-workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="threads reading files ahead of inference")
@@ -64,7 +66,8 @@ def _load_package(model: str | None):
 @click.option("--progress/--no-progress", default=None, help="progress bar [default: on when stderr is a terminal]")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar and no per-failure lines")
 @click.version_option(__version__, prog_name="fnet")
-def run_command(inputs, model, output, batch_size, device, threads, read_workers, save_pdf, resume, progress, quiet):
+def run_command(inputs, model, output, batch_size, device, backend, threads, read_workers, save_pdf, resume, progress,
+                quiet):
     """Estimate quasar redshifts for spectra files and write a catalog.
 
     INPUTS are files, directories (searched recursively), @list.txt files or glob patterns; a name that
@@ -74,7 +77,8 @@ def run_command(inputs, model, output, batch_size, device, threads, read_workers
     import traceback
 
     try:
-        _run(inputs, model, output, batch_size, device, threads, read_workers, save_pdf, resume, progress, quiet)
+        _run(inputs, model, output, batch_size, device, backend, threads, read_workers, save_pdf, resume, progress,
+             quiet)
     except KeyboardInterrupt:
         click.echo("fnet-run: interrupted; no catalog written. Finished inputs are kept: rerun with --resume "
                    "to continue", err=True)
@@ -86,7 +90,8 @@ def run_command(inputs, model, output, batch_size, device, threads, read_workers
         sys.exit(EXIT_NO_CATALOG)
 
 
-def _run(inputs, model, output, batch_size, device, threads, read_workers, save_pdf, resume, progress, quiet):
+def _run(inputs, model, output, batch_size, device, backend_name, threads, read_workers, save_pdf, resume, progress,
+         quiet):
     """fnet-run's work; every refusal before the run exits 2, a catalog that cannot be written exits 3."""
     import os
     from glob import escape as glob_escape
@@ -121,7 +126,7 @@ def _run(inputs, model, output, batch_size, device, threads, read_workers, save_
                         "refusing to overwrite an input")
         digest.add(item.path)
     try:
-        backend = open_backend(package, device=device, threads=threads)
+        backend = open_backend(package, device=device, threads=threads, backend=backend_name)
     except BackendUnavailable as exc:
         _fail_usage(str(exc))
     predictor = Predictor(package, backend)

@@ -32,6 +32,9 @@ def test_fnet_run_works_with_torch_import_blocked(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert out.is_file() and "0 failed" in proc.stderr
+    fft = script.replace("'--quiet'])", "'--quiet', '--backend', 'fft'])")  # the FFT backend is torch-free too
+    proc = subprocess.run([sys.executable, "-c", fft], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "fft[numpy" in proc.stderr, proc.stderr
 
 
 def test_runtime_modules_do_not_import_torch():

@@ -208,10 +208,29 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-def open_backend(package: ModelPackage, device: str = "auto", threads: int | None = None) -> Backend:
-    """The backend for a device choice: auto picks an engine's TensorRT, else CUDA when present, else CPU."""
+BACKENDS = ("auto", "onnxruntime", "fft")
+
+
+def open_backend(package: ModelPackage, device: str = "auto", threads: int | None = None,
+                 backend: str = "auto") -> Backend:
+    """The backend for a device choice: auto picks an engine's TensorRT, else CUDA when present, else CPU.
+
+    backend "fft" executes the package's graph with FFT convolutions (fnet.runtime.fft_backend) on the CPU
+    (numpy) or, with --device cuda, CuPy; "auto" and "onnxruntime" use ONNX Runtime (the FFT backend is
+    chosen only on request until its measured speed rule lands, see docs/models.md).
+    """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "fft":
+        from .fft_backend import FftBackend
+
+        if package.is_engine:
+            raise BackendUnavailable(f"{package.path} is a TensorRT engine; the FFT backend runs ONNX packages")
+        if device == "tensorrt":
+            raise BackendUnavailable("--backend fft runs on --device cpu or cuda, not tensorrt")
+        return FftBackend(package, "cuda" if device == "cuda" else "cpu", threads)
     if package.is_engine:
         if device not in ("auto", "tensorrt"):
             raise BackendUnavailable(f"{package.path} is a TensorRT engine; it runs only with --device tensorrt/auto")

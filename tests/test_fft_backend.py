@@ -1,0 +1,163 @@
+"""The FFT backend (fnet.runtime.fft_backend) and the graph reader under it (fnet.runtime.onnx_graph)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import require_shared
+from fnet.cli import default_model_path
+from fnet.runtime.backends import open_backend
+from fnet.runtime.errors import BackendUnavailable
+from fnet.runtime.fft_backend import FftBackend, next_fast_length
+from fnet.runtime.heads import decode
+from fnet.runtime.model_package import build_metadata, load_model_package
+from fnet.runtime.onnx_graph import read_graph
+from fnet.runtime.onnx_wire import stamp_integrity
+from fnet.runtime.preprocess import prepare_spectra
+from fnet.runtime.readers import read_spectra
+from fnet.runtime.grid import Grid
+
+C_KMS = 299792.458
+
+
+def test_the_graph_reader_agrees_with_the_onnx_package():
+    import onnx
+    from onnx import helper, numpy_helper
+
+    path = default_model_path()
+    graph, model = read_graph(path.read_bytes()), onnx.load(str(path))
+    reference = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    assert set(reference) == set(graph.initializers)
+    assert all(np.array_equal(reference[k], graph.initializers[k]) for k in reference)
+    for ours, theirs in zip(graph.nodes, model.graph.node, strict=True):
+        assert (ours.op_type, ours.inputs, ours.outputs) == (theirs.op_type, list(theirs.input), list(theirs.output))
+        for attr in theirs.attribute:
+            value = helper.get_attribute_value(attr)
+            assert ours.attributes[attr.name] == (list(value) if isinstance(value, (list, tuple)) else value)
+    assert graph.inputs == ["flux"] and graph.outputs == ["logits"]
+
+
+def test_fast_lengths_are_5_smooth_and_enough():
+    for n in (1, 7, 1155, 4618, 5117, 5118):
+        m = next_fast_length(n)
+        k = m
+        for p in (2, 3, 5):
+            while k % p == 0:
+                k //= p
+        assert m >= n and k == 1 and m < 1.25 * n + 2
+
+
+def test_the_embedded_model_gives_onnxruntime_redshifts_on_real_spectra():
+    files = sorted(require_shared("sdss", "dr16").glob("spec-*.fits"))[:24] + [require_shared("desi", "coadd-main-dark-9144.fits")]
+    package = load_model_package(default_model_path())
+    spectra = [s for f in files for s in read_spectra(f)]
+    x = prepare_spectra(spectra, package.grid, package.normalisation).x
+    fft, ort = FftBackend(package).run(x), open_backend(package, "cpu").run(x)
+    a, b = decode(fft, package.head), decode(ort, package.head)
+    dv = C_KMS * np.abs(a.z - b.z) / (1 + b.z)
+    assert dv.max() < 1.0 and np.abs(fft["logits"] - ort["logits"]).max() < 1e-3
+
+
+def _graph_package(tmp_path, nodes, inputs, outputs, weights, npix, nout):
+    """A one-output package from onnx.helper nodes, for op-by-op checks against ONNX Runtime."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("flux", TensorProto.FLOAT, ["N", 1, npix])],
+                              [helper.make_tensor_value_info("z_scaled", TensorProto.FLOAT, ["N", nout])],
+                              initializer=[numpy_helper.from_array(v, k) for k, v in weights.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = build_metadata(model_name="ops", model_version="0", architecture="ops", grid=Grid(3.6, 1e-3, npix),
+                          normalisation={"scheme": "ivar_unit_norm"}, z_range=(0, 7),
+                          head={"kind": "regression", "output": "z_scaled", "z_min": 0.0, "z_max": 7.0})
+    for k, v in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = k, v
+    onnx.checker.check_model(model)
+    path = tmp_path / "ops.onnx"
+    path.write_bytes(stamp_integrity(model.SerializeToString()))
+    return load_model_package(path)
+
+
+def test_every_supported_op_matches_onnxruntime(tmp_path):
+    from onnx import helper
+
+    rng = np.random.default_rng(0)
+    npix = 300
+    w = {"W1": rng.normal(size=(4, 1, 31)).astype(np.float32), "B1": rng.normal(size=4).astype(np.float32),
+         "W2": rng.normal(size=(4, 4, 1)).astype(np.float32), "W3": rng.normal(size=(6, 4, 8)).astype(np.float32),
+         "S": rng.random(6).astype(np.float32) + 0.5, "BB": rng.normal(size=6).astype(np.float32),
+         "M": rng.normal(size=6).astype(np.float32), "V": rng.random(6).astype(np.float32) + 0.5,
+         "G": rng.normal(size=(5, 6 * 73)).astype(np.float32), "GB": rng.normal(size=5).astype(np.float32),
+         "MM": rng.normal(size=(5, 1)).astype(np.float32), "SH": np.array([-1, 5], np.int64)}
+    nodes = [
+        helper.make_node("Conv", ["flux", "W1", "B1"], ["c1"], kernel_shape=[31], pads=[15, 15]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "W2"], ["c2"], kernel_shape=[1]),
+        helper.make_node("Add", ["c2", "r1"], ["a"]),
+        helper.make_node("Identity", ["a"], ["i"]),
+        helper.make_node("Conv", ["i", "W3"], ["c3"], kernel_shape=[8], pads=[3, 4]),
+        helper.make_node("BatchNormalization", ["c3", "S", "BB", "M", "V"], ["bn"], epsilon=1e-5),
+        helper.make_node("MaxPool", ["bn"], ["p"], kernel_shape=[4], strides=[4]),
+        helper.make_node("MaxPool", ["p"], ["p2"], kernel_shape=[3], strides=[1]),
+        helper.make_node("Flatten", ["p2"], ["f"], axis=1),
+        helper.make_node("Gemm", ["f", "G", "GB"], ["g"], transB=1),
+        helper.make_node("Softmax", ["g"], ["sm"], axis=1),
+        helper.make_node("Reshape", ["sm", "SH"], ["rs"]),
+        helper.make_node("Cast", ["rs"], ["cs"], to=1),
+        helper.make_node("MatMul", ["cs", "MM"], ["z_scaled"]),
+    ]
+    package = _graph_package(tmp_path, nodes, ["flux"], ["z_scaled"], w, npix, 1)
+    x = rng.normal(size=(9, npix)).astype(np.float32)
+    ours, theirs = FftBackend(package).run(x)["z_scaled"], open_backend(package, "cpu").run(x)["z_scaled"]
+    assert ours.shape == theirs.shape == (9, 1)
+    assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_a_graph_with_an_unsupported_op_is_refused_naming_it(tmp_path):
+    from onnx import helper
+
+    nodes = [helper.make_node("Flatten", ["flux"], ["f"], axis=1), helper.make_node("Sigmoid", ["f"], ["s"]),
+             helper.make_node("ReduceMean", ["s"], ["z_scaled"], axes=[1], keepdims=1)]
+    package = _graph_package(tmp_path, nodes, ["flux"], ["z_scaled"], {}, 50, 1)
+    with pytest.raises(BackendUnavailable, match="ReduceMean, Sigmoid"):
+        FftBackend(package)
+
+
+def test_the_gpu_path_refuses_cleanly_without_cupy_or_a_gpu():
+    try:
+        import cupy
+
+        cupy.cuda.runtime.getDeviceCount()
+        pytest.skip("CuPy and a GPU are present: the refusal path cannot be exercised here")
+    except Exception:
+        pass
+    with pytest.raises(BackendUnavailable, match="CuPy and a GPU"):
+        FftBackend(load_model_package(default_model_path()), "cuda")
+
+
+@pytest.mark.slow
+def test_the_paper_network_through_the_fft_is_as_exact_as_onnxruntime(tmp_path):
+    torch = pytest.importorskip("torch")
+    from fnet.export.onnx_export import export_graph, set_metadata
+    from fnet.train.model import build_model
+    from fnet.train.package import PackageInfo
+
+    grid = Grid(3.5522, 1e-4, 4618)
+    head = {"kind": "regression", "output": "z_scaled", "z_min": 0.0, "z_max": 7.0}
+    torch.manual_seed(0)
+    model = build_model("paper", head, grid).eval()
+    path = tmp_path / "paper.onnx"
+    export_graph(model, path, grid.npix, "z_scaled", "fp32")
+    set_metadata(path, PackageInfo("paper", "t", "paper", grid, {"scheme": "zscore_minmax"}, head, (0, 7)).metadata("fp32"))
+    package = load_model_package(path)
+    files = sorted(require_shared("sdss", "dr16").glob("spec-*.fits"))[:4]
+    x = prepare_spectra([read_spectra(f)[0] for f in files], grid, package.normalisation).x
+    with torch.no_grad():
+        exact = model.double()(torch.from_numpy(x[:, None, :].astype(np.float64))).numpy()[:, 0]
+    z = 7 * exact
+    for backend in (FftBackend(package), open_backend(package, "cpu")):
+        dv = C_KMS * 7 * np.abs(backend.run(x)["z_scaled"][:, 0] - exact) / (1 + z)
+        assert dv.max() < 2.0, (backend.describe(), dv.max())  # both within float32 rounding of the exact network
