@@ -100,7 +100,7 @@ def _run(inputs, model, output, batch_size, device, backend_name, threads, read_
     from .runtime.catalog import PdfSource, check_output_path, write_catalog
     from .runtime.errors import BackendUnavailable
     from .runtime.inputs import iter_inputs
-    from .runtime.journal import JOURNAL_VERSION, InputsDigest, JournalMismatch, RunJournal, journal_paths
+    from .runtime.journal import InputsDigest, JournalMismatch, RunJournal, journal_paths, run_fingerprint
     from .runtime.pipeline import Predictor, RunSummary, provenance_header, run_items
 
     try:  # refuse an unwritable output before hours of work, not after
@@ -131,8 +131,7 @@ def _run(inputs, model, output, batch_size, device, backend_name, threads, read_
         _fail_usage(str(exc))
     predictor = Predictor(package, backend)
     nbins = len(predictor.centres) if save_pdf else None
-    fingerprint = {"journal": JOURNAL_VERSION, "inputs_sha256": digest.hexdigest(), "n_inputs": digest.count,
-                   "model_sha256": package.sha256, "pdf_bins": nbins}
+    fingerprint = run_fingerprint(digest, package.sha256, nbins)
     journal_file = journal_paths(output)[0]
     if not resume and journal_file.exists():
         click.echo(f"fnet-run: {journal_file} from an earlier run is replaced (use --resume to continue it)", err=True)

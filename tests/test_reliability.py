@@ -182,7 +182,6 @@ def test_engine_sidecar_that_is_not_an_object_is_refused(tmp_path):
 def test_byte_flipped_model_copies_are_refused(tmp_path, model):
     data = bytearray(default_model_path().read_bytes())
     rng = np.random.default_rng(1)
-    refused = 0
     for k in range(13):
         flipped = bytearray(data)
         flipped[int(rng.integers(0, len(data)))] ^= 1 << int(rng.integers(0, 8))
@@ -190,8 +189,6 @@ def test_byte_flipped_model_copies_are_refused(tmp_path, model):
         path.write_bytes(bytes(flipped))
         with pytest.raises(ModelPackageError):
             load_model_package(path)
-        refused += 1
-    assert refused == 13
 
 
 def test_dev_zero_is_not_a_model_file(tmp_path):

@@ -18,7 +18,7 @@ from .model_package import ModelPackage
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 # ONNX Runtime is fed batches of exactly this many spectra (the last one zero-padded). Its CPU kernels
 # partition work by batch shape, so a spectrum's Z could otherwise change in the 8th digit with
-# --batch-size (measured: 41 of 2876 rows differed by <= 3e-8); with one shape, a row's result does not
+# --batch-size (issue #6 reported 41 of 2876 rows differing by <= 3e-8); with one shape, a row's result does not
 # depend on the batch it travels in or on its neighbours (tests/test_reliability.py checks this).
 # Small on the CPU (padding costs little at --batch-size 1), larger on GPUs (fewer launches).
 FIXED_BATCH = {"cpu": 8, "gpu": 64}

@@ -16,8 +16,9 @@ Supported ops (everything the shipped networks and the paper network export to):
 stride 1, dilation 1), Relu, Add, Identity, MaxPool (1-D), Flatten, Reshape, Gemm, MatMul, Softmax,
 Cast, BatchNormalization, Constant. Any other graph is refused at load, naming the op.
 
-Which convolutions go through the FFT (CONV_RULE, measured by benchmarks/bench_fft.py on the 2-core
-machine): every kernel wider than one pixel. A 1x1 convolution is a plain matrix product.
+Which convolutions go through the FFT (CONV_RULE): every kernel wider than one pixel; a 1x1
+convolution is a plain matrix product. This is a first rule, not yet measured layer by layer (issue #7);
+benchmarks/bench_fft.py measures the whole networks.
 """
 
 from __future__ import annotations

@@ -52,11 +52,15 @@ class InputsDigest:
         return self._digest.hexdigest()
 
 
-def run_fingerprint(paths: Iterable[str], model_sha256: str, nbins: int | None) -> dict[str, Any]:
-    """What makes two runs the same run: the expanded inputs in order, the model file, the P(z) option."""
-    digest = InputsDigest()
-    for path in paths:
-        digest.add(path)
+def run_fingerprint(paths: Iterable[str] | InputsDigest, model_sha256: str, nbins: int | None) -> dict[str, Any]:
+    """What makes two runs the same run: the expanded inputs in order (paths, or their digest), the model file,
+    the P(z) option."""
+    if isinstance(paths, InputsDigest):
+        digest = paths
+    else:
+        digest = InputsDigest()
+        for path in paths:
+            digest.add(path)
     return {"journal": JOURNAL_VERSION, "inputs_sha256": digest.hexdigest(), "n_inputs": digest.count,
             "model_sha256": model_sha256, "pdf_bins": nbins}
 
@@ -87,24 +91,30 @@ class RunJournal:
 
     def _reopen(self) -> None:
         """Check the journal is this run's, drop a torn last line, and count what is done."""
-        with open(self.path, "rb") as fh:
-            data = fh.read()
-        complete = data[: data.rfind(b"\n") + 1]  # a line without its newline was cut by the kill
-        lines = complete.splitlines()
-        try:
-            found = json.loads(lines[0])["fnet_run_journal"] if lines else None
-        except (ValueError, KeyError, TypeError):
-            found = None
-        if found != self.fingerprint:
+        complete = 0  # bytes of whole lines: a line without its newline was cut by the kill
+        with open(self.path, "rb") as fh:  # line by line: a 10^7-row journal is never held in memory
+            for number, line in enumerate(fh):
+                if not line.endswith(b"\n"):
+                    break
+                if number == 0:
+                    try:
+                        found = json.loads(line)["fnet_run_journal"]
+                    except (ValueError, KeyError, TypeError):
+                        found = None
+                    if found != self.fingerprint:
+                        raise JournalMismatch(f"{self.path}: this progress file belongs to a different run (other "
+                                              "inputs, model or --save-pdf); run without --resume to start over")
+                else:
+                    entry = json.loads(line)
+                    if entry["i"] != self.n_done:
+                        raise JournalMismatch(f"{self.path}: progress file is out of order at input {entry['i']}")
+                    self._count(entry["rows"])
+                complete += len(line)
+        if complete == 0:
             raise JournalMismatch(f"{self.path}: this progress file belongs to a different run (other inputs, model "
                                   "or --save-pdf); run without --resume to start over")
-        for line in lines[1:]:
-            entry = json.loads(line)
-            if entry["i"] != self.n_done:
-                raise JournalMismatch(f"{self.path}: progress file is out of order at input {entry['i']}")
-            self._count(entry["rows"])
         with open(self.path, "r+b") as fh:
-            fh.truncate(len(complete))
+            fh.truncate(complete)
         self._fh = open(self.path, "a", encoding="utf-8")
         self._pdf = None
         if self.nbins:

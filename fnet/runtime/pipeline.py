@@ -160,24 +160,22 @@ class Predictor:
 
     def _usable(self, spec: Spectrum, prep: Prepared, out: list, i: int) -> bool:
         """False (and a failed row) when a spectrum has too little or meaningless data to measure."""
-        n_good = int(prep.good.sum())
         grid = self.package.grid
-        lo, hi = grid.edges[0], grid.edges[-1]
-        n_input = int(np.count_nonzero(spec.good & (spec.loglam > lo) & (spec.loglam < hi)))
-        if 0 < n_input < self.min_pixels:
-            out[i] = self._failed(spec, f"only {n_input} usable pixels on the model grid (at least {self.min_pixels} "
-                                        "are needed for a redshift)", prep)
-            return False
-        if n_good == 0:
-            lo, hi = self.package.grid.wavelength_range
+        # usable pixels counted twice: input pixels inside the grid (a few wide pixels may still "cover" many
+        # grid pixels) and good grid pixels after rebinning; either below the minimum fails the spectrum
+        inside = (spec.loglam > grid.edges[0]) & (spec.loglam < grid.edges[-1])
+        n_input, n_good = int(np.count_nonzero(spec.good & inside)), int(prep.good.sum())
+        if n_good == 0 and not 0 < n_input < self.min_pixels:
+            lo, hi = grid.wavelength_range
             why = (NO_GOOD_PIXELS_NOTE if NO_GOOD_PIXELS_NOTE in spec.notes else
                    f"no usable pixel on the model grid (flux NaN/inf everywhere, ivar all zero, or no overlap with "
                    f"{lo:.0f}-{hi:.0f} A; the spectrum covers {spec.wavelength[0]:.0f}-{spec.wavelength[-1]:.0f} A)")
             out[i] = self._failed(spec, why, prep)
             return False
-        if n_good < self.min_pixels:
-            out[i] = self._failed(spec, f"only {n_good} usable pixels on the model grid (at least {self.min_pixels} "
-                                        "are needed for a redshift)", prep)
+        if min(n_input, n_good) < self.min_pixels:
+            shown = n_input if n_input < self.min_pixels else n_good
+            out[i] = self._failed(spec, f"only {shown} usable pixels on the model grid (at least "
+                                        f"{self.min_pixels} are needed for a redshift)", prep)
             return False
         values = spec.flux[spec.good]
         if values.size and np.all(values == values[0]):

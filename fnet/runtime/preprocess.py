@@ -202,21 +202,23 @@ def _row_median(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(count > 0, 0.5 * (lo + hi), np.nan)
 
 
-def _power_of_two_scale(values: np.ndarray, good: np.ndarray) -> float:
-    """2**k near the largest |value| over good finite pixels (1 when there is none)."""
-    v = np.abs(np.asarray(values, dtype=np.float64)[np.asarray(good, bool)])
-    v = v[np.isfinite(v) & (v > 0)]
-    if v.size == 0:
-        return 1.0
-    return float(np.ldexp(1.0, int(np.frexp(v.max())[1])))
+def _power_of_two_scales(rows, goods) -> np.ndarray:
+    """Per row, 2**k near its largest |value| over good finite pixels (1 when there is none)."""
+    def peak(values, good) -> np.ndarray:
+        v = np.abs(np.asarray(values, dtype=np.float64))
+        return np.where(np.asarray(good, bool) & np.isfinite(v), v, 0.0).max(axis=-1, initial=0.0)
+
+    if isinstance(rows, np.ndarray) and rows.ndim == 2:
+        peaks = peak(rows, goods)  # a batch on one sampling: one vectorised pass
+    else:
+        peaks = np.array([peak(r, g) for r, g in zip(rows, goods)], dtype=np.float64)
+    return np.where(peaks > 0, np.ldexp(1.0, np.frexp(np.where(peaks > 0, peaks, 1.0))[1]), 1.0)
 
 
 def _unit_scaled(flux, ivar, good):
     """flux and ivar divided by per-spectrum powers of two, and those scales (n,)."""
     shared = isinstance(flux, np.ndarray) and flux.ndim == 2
-    rows = range(flux.shape[0] if shared else len(flux))
-    f_scale = np.array([_power_of_two_scale(flux[i], good[i]) for i in rows], dtype=np.float64)
-    i_scale = np.array([_power_of_two_scale(ivar[i], good[i]) for i in rows], dtype=np.float64)
+    f_scale, i_scale = _power_of_two_scales(flux, good), _power_of_two_scales(ivar, good)
     if shared:
         return (np.asarray(flux, np.float64) / f_scale[:, None], np.asarray(ivar, np.float64) / i_scale[:, None],
                 f_scale, i_scale)

@@ -257,8 +257,8 @@ class _Window(io.RawIOBase):
 class _Stream:
     """A decompressing stream read on demand into memory, with random access to what was read so far."""
 
-    def __init__(self, stream, path: Path):
-        self._stream, self._path = stream, path
+    def __init__(self, stream):
+        self._stream = stream
         self.buffer = bytearray()
         self.eof = False
 
@@ -357,7 +357,7 @@ def _decompressed(handle, head: bytes, path: Path) -> tuple[io.BytesIO, FitsLayo
     kind = "compressed"
     try:
         raw, kind = _open_stream(handle, head, path)
-        stream = _Stream(raw, path)
+        stream = _Stream(raw)
         try:
             layout = scan_layout(stream.read_at, None)
         except (ValueError, EOFError):
