@@ -55,8 +55,10 @@ def _load_package(model: str | None):
               help="catalog path: .fits, .fits.gz, .csv or .parquet")
 @click.option("--batch-size", "-b", default=64, show_default=True, type=click.IntRange(1, 65536))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
-@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "fft"]), default="auto", show_default=True,
-              help="fft: the package's graph with FFT convolutions (numpy on cpu, CuPy on cuda)")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "fft", "tensorrt"]), default="auto",
+              show_default=True, help="fft: the package's graph with FFT convolutions (numpy on cpu, CuPy on cuda); "
+              "auto: an engine's TensorRT, else the faster of onnxruntime and fft for this model here (measured "
+              "once, cached; see docs/models.md)")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None, help="inference threads [default: all cores]")
 @click.option("--read-workers", type=click.IntRange(1, 64), default=2, show_default=True,
               help="threads reading files ahead of inference")
@@ -129,6 +131,11 @@ def _run(inputs, model, output, batch_size, device, backend_name, threads, read_
         backend = open_backend(package, device=device, threads=threads, backend=backend_name)
     except BackendUnavailable as exc:
         _fail_usage(str(exc))
+    choice = getattr(backend, "choice", None)
+    if choice:  # --backend auto measured (or remembered) which backend is faster for this model here
+        times = ", ".join(f"{k} {v:.3g} s" for k, v in sorted(choice["seconds_per_batch"].items()))
+        click.echo(f"fnet-run: --backend auto chose {backend.describe()} ({times} per batch of {choice['batch']}, "
+                   f"measured {choice['measured']})", err=True)
     predictor = Predictor(package, backend)
     nbins = len(predictor.centres) if save_pdf else None
     fingerprint = run_fingerprint(digest, package.sha256, nbins)
@@ -320,8 +327,10 @@ def train_command(config, overrides):
 @click.option("--n-simulated", type=click.IntRange(0), default=256, show_default=True,
               help="simulated spectra added to the parity set")
 @click.option("--force", is_flag=True, help="write artefacts even when parity fails (the report says FAIL)")
+@click.option("--fft/--no-fft", default=True, show_default=True,
+              help="also check the FP32 package through the FFT backend (fnet-run --backend fft)")
 def export_command(checkpoint, out_dir, name, model_version, precisions, tensorrt, max_batch, parity_spectra,
-                   n_simulated, force):
+                   n_simulated, force, fft):
     """Export a training CHECKPOINT to ONNX model packages (and TensorRT engines), each parity-checked.
 
     An artefact whose redshifts differ from PyTorch's beyond tolerance is not written (exit code 1).
@@ -336,7 +345,7 @@ def export_command(checkpoint, out_dir, name, model_version, precisions, tensorr
             _fail_usage(f"--tensorrt: {why}")
     results = export_checkpoint(checkpoint, out_dir, precisions=precisions, tensorrt=tensorrt,
                                 parity_spectra=parity_spectra, n_simulated=n_simulated,
-                                model_version=model_version, name=name, force=force, max_batch=max_batch)
+                                model_version=model_version, name=name, force=force, max_batch=max_batch, fft=fft)
     for res in results:
         where = res.path if res.path else "NOT WRITTEN"
         click.echo(f"{res.kind:<14} {where}\n               {res.report.summary() if res.report else res.error}",

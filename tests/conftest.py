@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# fnet-run --backend auto remembers its measured choice under $FNET_CACHE_DIR: keep the tests' out of ~/.cache
+os.environ.setdefault("FNET_CACHE_DIR", tempfile.mkdtemp(prefix="fnet-test-cache-"))
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"

@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from ..runtime.atomic import atomic_path
-from ..runtime.backends import OnnxRuntimeBackend
+from ..runtime.backends import OnnxRuntimeBackend, run_in_batches
 from ..runtime.model_package import ModelPackage
 from ..runtime.onnx_wire import stamp_integrity
-from ..train.evaluate_torch import TorchBackend
+from ..train.evaluate_torch import reference_outputs as torch_reference
 from ..train.package import PackageInfo
-from ..runtime.backends import run_in_batches
+from ..runtime.fft_backend import FftBackend
 from .parity import TOLERANCES, ParityReport, compare_outputs
 
 PRECISIONS = ("fp32", "fp16")
@@ -74,15 +74,21 @@ def export_graph(model: nn.Module, path: Path, npix: int, output: str, precision
 
 def export_onnx(model: nn.Module, info: PackageInfo, out_path: str | Path, parity_x: np.ndarray, *,
                 precision: str = "fp32", tolerance: dict | None = None, force: bool = False,
-                reference_outputs: dict[str, np.ndarray] | None = None, threads: int | None = None) -> ParityReport:
-    """Export, run the file through onnxruntime on parity_x, compare with torch, and write only on PASS."""
+                reference_outputs: dict[str, np.ndarray] | None = None, threads: int | None = None,
+                check_fft: bool = False) -> ParityReport:
+    """Export, run the file through onnxruntime on parity_x, compare with torch, and write only on PASS.
+
+    check_fft (FP32 only): also run the file through the FFT backend and record that comparison in the
+    package (fnet.parity companions.fft); it does not stop the file being written, but the FFT backend
+    refuses a package whose FFT parity failed.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     out_path = Path(out_path)
     output = info.head["output"]
     tolerance = tolerance or TOLERANCES[precision]
     if reference_outputs is None:
-        reference_outputs = run_in_batches(TorchBackend(model, output).run, parity_x)
+        reference_outputs = torch_reference(model, output, parity_x)
 
     with atomic_path(out_path) as tmp:
         export_graph(model, tmp, info.grid.npix, output, precision)
@@ -90,9 +96,14 @@ def export_onnx(model: nn.Module, info: PackageInfo, out_path: str | Path, parit
         package = ModelPackage.from_metadata(tmp, info.metadata(precision))
         backend = OnnxRuntimeBackend(package, ["CPUExecutionProvider"], threads)
         candidate = run_in_batches(backend.run, parity_x)
-        report = compare_outputs(reference_outputs, candidate, info.head, reference_name="torch-fp32",
+        report = compare_outputs(reference_outputs, candidate, info.head, reference_name="torch-fp64",
                                  candidate_name=f"onnxruntime-cpu-{precision}", tolerance=tolerance)
         if not report.passed and not force:
             raise ExportParityError(out_path, report)
+        if check_fft and precision == "fp32":
+            fft = FftBackend(package, "cpu", threads)
+            report.companions["fft"] = compare_outputs(
+                reference_outputs, run_in_batches(fft.run, parity_x, 32), info.head, reference_name="torch-fp64",
+                candidate_name=fft.describe(), tolerance=TOLERANCES["fft-fp32"])
         set_metadata(tmp, info.metadata(precision, parity=report.to_dict()))
     return report

@@ -14,10 +14,9 @@ from ..runtime.preprocess import prepare_arrays, prepare_spectra
 from ..runtime.readers import read_spectra
 from ..runtime.errors import SpectrumReadError
 from ..train.checkpoint import load_model
-from ..train.evaluate_torch import TorchBackend
+from ..train.evaluate_torch import reference_outputs
 from ..train.package import package_info
 from .onnx_export import ExportParityError, export_onnx
-from ..runtime.backends import run_in_batches
 from .parity import ParityReport
 
 
@@ -62,20 +61,29 @@ def parity_inputs(grid: Grid, normalisation: dict, spectra: Sequence[str] = (), 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, precisions: Sequence[str] = ("fp32",),
                       tensorrt: bool = False, parity_spectra: Sequence[str] = (), n_simulated: int = 256,
                       model_version: str = "0.1.0", name: str | None = None, force: bool = False,
-                      max_batch: int = 256) -> list[ExportResult]:
-    """Export every requested artefact of a checkpoint; each is written only if its parity check passes."""
+                      max_batch: int = 256, fft: bool = True) -> list[ExportResult]:
+    """Export every requested artefact of a checkpoint; each is written only if its parity check passes.
+
+    fft: also check the FP32 package through the FFT backend (fnet-run --backend fft) against PyTorch.
+    """
     model, meta = load_model(checkpoint)
     info = package_info(meta, model_version, name)
     x, sources = parity_inputs(info.grid, info.normalisation, parity_spectra, n_simulated)
     info.training["parity_inputs"] = sources
-    reference = run_in_batches(TorchBackend(model, info.head["output"]).run, x)
+    reference = reference_outputs(model, info.head["output"], x)
     out_dir = Path(out_dir)
     results = []
     for precision in precisions:
         path = out_dir / f"{info.model_name}-{precision}.onnx"
         try:
-            report = export_onnx(model, info, path, x, precision=precision, force=force, reference_outputs=reference)
+            report = export_onnx(model, info, path, x, precision=precision, force=force, reference_outputs=reference,
+                                 check_fft=fft and precision == "fp32")
             results.append(ExportResult(f"onnx-{precision}", path, report))
+            fft_report = report.companions.get("fft")
+            if fft_report is not None:  # same file, another way to run it: reported as its own line
+                results.append(ExportResult("fft-fp32", path if fft_report.passed else None, fft_report,
+                                            None if fft_report.passed else
+                                            f"{path}: written, but --backend fft will refuse it"))
         except ExportParityError as exc:
             results.append(ExportResult(f"onnx-{precision}", None, exc.report, str(exc)))
     if tensorrt:

@@ -208,21 +208,30 @@ def available_providers() -> list[str]:
     return list(ort.get_available_providers())
 
 
-BACKENDS = ("auto", "onnxruntime", "fft")
+BACKENDS = ("auto", "onnxruntime", "fft", "tensorrt")
 
 
 def open_backend(package: ModelPackage, device: str = "auto", threads: int | None = None,
                  backend: str = "auto") -> Backend:
-    """The backend for a device choice: auto picks an engine's TensorRT, else CUDA when present, else CPU.
+    """The backend for a (backend, device) choice; see fnet-run --help.
 
-    backend "fft" executes the package's graph with FFT convolutions (fnet.runtime.fft_backend) on the CPU
-    (numpy) or, with --device cuda, CuPy; "auto" and "onnxruntime" use ONNX Runtime (the FFT backend is
-    chosen only on request until its measured speed rule lands, see docs/models.md).
+    device: auto = CUDA when this onnxruntime has it and a GPU answers, else CPU. backend: "onnxruntime";
+    "fft" = the package's graph with FFT convolutions (fnet.runtime.fft_backend) on numpy, or CuPy on
+    cuda; "tensorrt" = a TensorRT engine file, or ONNX Runtime's TensorRT provider for an ONNX package;
+    "auto" = an engine's TensorRT, else the faster of ONNX Runtime and the FFT backend for this model on
+    this device (fnet.runtime.backend_choice: a rule, then a short measurement cached per model and machine).
+    `--device tensorrt` is the older spelling of `--backend tensorrt`.
     """
     if device not in DEVICES:
         raise ValueError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "tensorrt":
+        if device == "cpu":
+            raise BackendUnavailable("--backend tensorrt needs a GPU (--device cuda or auto), not --device cpu")
+        device = "tensorrt"
+    if backend == "onnxruntime" and package.is_engine:
+        raise BackendUnavailable(f"{package.path} is a TensorRT engine: run it with --backend tensorrt or auto")
     if backend == "fft":
         from .fft_backend import FftBackend
 
@@ -236,29 +245,34 @@ def open_backend(package: ModelPackage, device: str = "auto", threads: int | Non
             raise BackendUnavailable(f"{package.path} is a TensorRT engine; it runs only with --device tensorrt/auto")
         return TensorRTEngineBackend(package)
     have = available_providers()
-    if device == "cpu":
-        return OnnxRuntimeBackend(package, ["CPUExecutionProvider"], threads)
+    if device == "tensorrt":
+        if "TensorrtExecutionProvider" not in have:
+            raise BackendUnavailable("--backend tensorrt: this onnxruntime has no TensorrtExecutionProvider "
+                                     "(pip install 'fnet-qso[gpu]'), or pass a .engine built by fnet-export")
+        return _checked(OnnxRuntimeBackend(package, ["TensorrtExecutionProvider", "CUDAExecutionProvider",
+                                                     "CPUExecutionProvider"], threads), "TensorrtExecutionProvider")
+    ort, ort_device = None, "cpu"
     if device == "cuda":
         if "CUDAExecutionProvider" not in have:
             raise BackendUnavailable("--device cuda: this onnxruntime has no CUDAExecutionProvider "
                                      "(pip install 'fnet-qso[gpu]' on a machine with an NVIDIA GPU)")
-        return _checked(OnnxRuntimeBackend(package, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads),
-                        "CUDAExecutionProvider")
-    if device == "tensorrt":
-        if "TensorrtExecutionProvider" not in have:
-            raise BackendUnavailable("--device tensorrt: this onnxruntime has no TensorrtExecutionProvider "
-                                     "(pip install 'fnet-qso[gpu]'), or pass a .engine built by fnet-export")
-        return _checked(OnnxRuntimeBackend(package, ["TensorrtExecutionProvider", "CUDAExecutionProvider",
-                                                     "CPUExecutionProvider"], threads), "TensorrtExecutionProvider")
-    # auto: CUDA when the build has it and a GPU answers; TensorRT EP only on request (long first build).
-    if "CUDAExecutionProvider" in have:
+        ort = _checked(OnnxRuntimeBackend(package, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads),
+                       "CUDAExecutionProvider")
+        ort_device = "cuda"
+    elif device == "auto" and "CUDAExecutionProvider" in have:
+        # CUDA when the build has it and a GPU answers; TensorRT EP only on request (long first build)
         try:
-            backend = OnnxRuntimeBackend(package, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads)
-            if "CUDAExecutionProvider" in backend.providers:
-                return backend
+            candidate = OnnxRuntimeBackend(package, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads)
+            if "CUDAExecutionProvider" in candidate.providers:
+                ort, ort_device = candidate, "cuda"
         except Exception:  # a CUDA build on a machine without a usable GPU: fall back quietly to CPU
             pass
-    return OnnxRuntimeBackend(package, ["CPUExecutionProvider"], threads)
+    ort = ort or OnnxRuntimeBackend(package, ["CPUExecutionProvider"], threads)
+    if backend == "onnxruntime":
+        return ort
+    from .backend_choice import choose
+
+    return choose(package, ort, ort_device, threads)
 
 
 def _checked(backend: OnnxRuntimeBackend, provider: str) -> OnnxRuntimeBackend:

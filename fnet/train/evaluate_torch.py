@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -16,17 +17,34 @@ from .package import package_info
 class TorchBackend(Backend):
     """The runtime Backend interface over a torch model, so checkpoints and ONNX files are judged alike."""
 
-    def __init__(self, model: torch.nn.Module, output: str, device: str = "cpu"):
-        self.model = model.eval().float().to(device)
+    def __init__(self, model: torch.nn.Module, output: str, device: str = "cpu", float64: bool = False):
+        # float64: the exact function the artefacts approximate, for parity references (on a copy: the caller's
+        # model stays float32)
+        self.model = (copy.deepcopy(model).double() if float64 else model.float()).eval().to(device)
+        self.dtype = torch.float64 if float64 else torch.float32
         self.output = output
         self.device = device
-        self.name = f"torch[{device}]"
+        self.name = f"torch[{device}{',fp64' if float64 else ''}]"
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Forward pass in float32 without gradients."""
+        """Forward pass without gradients (in float32, or float64 for a parity reference); float32 outputs."""
         with torch.inference_mode():
-            out = self.model(torch.from_numpy(np.ascontiguousarray(x[:, None, :])).to(self.device))
+            inputs = torch.from_numpy(np.ascontiguousarray(x[:, None, :])).to(self.device, self.dtype)
+            out = self.model(inputs)
         return {self.output: out.float().cpu().numpy()}
+
+
+def reference_outputs(model: torch.nn.Module, output: str, x: np.ndarray, memory: float = 2 * 2 ** 30) -> dict:
+    """The parity reference: the network in float64 (its own rounding is not what a parity check should measure).
+
+    Batches are sized so that torch's float64 CPU convolution, which unfolds each k-tap input (c_in·k values
+    per output pixel), stays within `memory` bytes: 1-2 spectra at a time for the paper network.
+    """
+    unfold = max([m.in_channels * m.kernel_size[0] for m in model.modules() if isinstance(m, torch.nn.Conv1d)],
+                 default=1) * x.shape[1] * 8
+    from ..runtime.backends import run_in_batches
+
+    return run_in_batches(TorchBackend(model, output, float64=True).run, x, max(1, min(64, int(memory // unfold))))
 
 
 def checkpoint_package(checkpoint: str | Path) -> tuple[torch.nn.Module, ModelPackage]:
