@@ -2,7 +2,8 @@
 
     python benchmarks/bench_fft.py            # embedded model and the paper network (random weights), batch 32
     python benchmarks/bench_fft.py --batch 8 --repeats 3
-    python benchmarks/bench_fft.py --profile  # also where the FFT backend's time goes (cProfile, paper network)
+    python benchmarks/bench_fft.py --profile  # also where the FFT backend's time goes (per stage, paper network)
+    python benchmarks/bench_fft.py --conv-rule  # measure the FFT/direct cost constants of fnet.runtime.fft_conv
 
 The paper network is exported with random weights (same cost as a trained one; needs torch for the
 export only). Inputs are real dr16 spectra prepared as fnet-run prepares them.
@@ -46,8 +47,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--profile", action="store_true", help="cProfile one FFT run of the paper network")
+    parser.add_argument("--profile", action="store_true", help="where one FFT run of the paper network spends its time")
+    parser.add_argument("--conv-rule", action="store_true", help="time single convolutions both ways, fit CONV_RULE")
     args = parser.parse_args()
+    if args.conv_rule:
+        return conv_rule(args.batch)
     from bench_runtime import paper_package
 
     files = sorted((ROOT.parent / "shared" / "data" / "sdss" / "dr16").glob("spec-*.fits"))
@@ -73,15 +77,93 @@ def main() -> int:
             dv = 299792.458 * 7.0 * np.abs(backend.run(x)["z_scaled"][:, 0] - exact) / (1 + z)
             print(f"paper, {backend.describe():<28} max |dv| from the exact (float64) network: {dv.max():.3f} km/s")
         if args.profile:
-            import cProfile
-            import pstats
-
-            fft = FftBackend(paper)
-            fft.run(x[:2])
-            profile = cProfile.Profile()
-            profile.runcall(fft.run, x)
-            pstats.Stats(profile).sort_stats("tottime").print_stats(8)
+            profile(FftBackend(paper), x)
     return 0
+
+
+def profile(backend: FftBackend, x: np.ndarray) -> None:
+    """Wall time per stage of one run (FFT, channel mixing, padding copy, direct convolutions, other ops)."""
+    from fnet.runtime import fft_conv
+
+    totals: dict[str, float] = {}
+
+    def timed(name, fn):
+        def wrapper(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
+        return wrapper
+    ops = backend.ops
+    ops.rfft, ops.irfft, ops.map_blocks = timed("rfft", ops.rfft), timed("irfft", ops.irfft), timed("mixing", ops.map_blocks)
+    saved = fft_conv.Conv1d._padded, fft_conv.Conv1d._direct
+    fft_conv.Conv1d._padded = timed("zero-padded copy (+fused ReLU)", fft_conv.Conv1d._padded)
+    fft_conv.Conv1d._direct = timed("direct (1x1) convolutions", fft_conv.Conv1d._direct)
+    backend.plan = [(node, step if node.op_type == "Conv" else timed(f"op {node.op_type}", step))
+                    for node, step in backend.plan]
+    try:
+        backend.run(x)
+        totals.clear()
+        start = time.perf_counter()
+        backend.run(x)
+        total = time.perf_counter() - start
+    finally:
+        fft_conv.Conv1d._padded, fft_conv.Conv1d._direct = saved
+    print(f"\nwhere one batch of {len(x)} goes ({total * 1e3:.0f} ms, {len(x) / total:.1f} spectra/s):")
+    for name, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
+        print(f"  {name:<34} {seconds * 1e3:8.1f} ms  {seconds / total:6.1%}")
+    rest = total - sum(totals.values())
+    print(f"  {'rest (bias, graph walk, Python)':<34} {rest * 1e3:8.1f} ms  {rest / total:6.1%}")
+
+
+def conv_rule(batch: int) -> int:
+    """Time convolutions both ways over the shapes the toolkit's networks use; fit and check CONV_RULE's constants."""
+    import math
+
+    from fnet.runtime import fft_conv
+    from fnet.runtime.fft_conv import ArrayOps, Conv1d, next_fast_length
+
+    ops = ArrayOps(np)
+    rng = np.random.default_rng(0)
+    shapes = [(k, c_in, c_out, length) for length in (578, 1155, 4618) for (c_in, c_out) in ((8, 8), (32, 32), (64, 64))
+              for k in (3, 9, 15, 31, 63, 125) if k < length // 4]
+    rows = []
+    for k, c_in, c_out, length in shapes:
+        conv = Conv1d(rng.normal(size=(c_out, c_in, k)).astype(np.float32), None, (k // 2, k - 1 - k // 2), ops)
+        x = rng.normal(size=(batch, c_in, length)).astype(np.float32)
+        n = next_fast_length(length + k - 1)
+        t_fft = _best(lambda: conv._fft(x, n, length))
+        t_direct = _best(lambda: conv._direct(x, length))
+        rows.append((k, c_in, c_out, length, n, t_fft, t_direct))
+    # least squares: t_fft = a * (c_in + c_out) n log2 n * B + b * c_in c_out (n/2+1) * B;  t_direct = c * MACs
+    A = np.array([[(ci + co) * n * math.log2(n) * batch, ci * co * (n // 2 + 1) * batch] for _, ci, co, _, n, _, _ in rows])
+    a, b = np.linalg.lstsq(A, np.array([r[5] for r in rows]), rcond=None)[0]
+    macs = np.array([k * ci * co * length * batch for k, ci, co, length, *_ in rows], dtype=float)
+    c = float(np.sum(macs * np.array([r[6] for r in rows])) / np.sum(macs ** 2))
+    print(f"batch {batch}; per spectrum: COST_FFT_POINT = {a * batch:.3g}, COST_MIX_PAIR = {b * batch:.3g}, "
+          f"COST_DIRECT_MAC = {c * batch:.3g} s  (in fnet/runtime/fft_conv.py: {fft_conv.COST_FFT_POINT:.3g}, "
+          f"{fft_conv.COST_MIX_PAIR:.3g}, {fft_conv.COST_DIRECT_MAC:.3g})")
+    print(f"{'k':>4} {'c_in':>4} {'c_out':>5} {'L':>5} {'fft ms':>8} {'direct ms':>9}  faster  rule")
+    wrong = 0
+    for k, ci, co, length, n, t_fft, t_direct in rows:
+        rule = "fft" if fft_conv.use_fft(k, ci, co, length + k - 1) else "direct"
+        faster = "fft" if t_fft < t_direct else "direct"
+        wrong += rule != faster and abs(t_fft / t_direct - 1) > 0.2
+        print(f"{k:>4} {ci:>4} {co:>5} {length:>5} {t_fft * 1e3:>8.2f} {t_direct * 1e3:>9.2f}  {faster:<6}  {rule}"
+              + ("" if rule == faster else "  (disagree)"))
+    print(f"{wrong} of {len(rows)} shapes where the rule picks the way that is more than 20% slower")
+    return 0
+
+
+def _best(fn, repeats: int = 3) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def _exact_paper(x: np.ndarray) -> np.ndarray:

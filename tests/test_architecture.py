@@ -20,6 +20,8 @@ ALLOWED = {
     "export": {"runtime", "train", "simulate", "metrics"},
     "reproduce": {"runtime", "dataset", "train", "export", "metrics", "evaluate"},
     "cli": {"fnet", "runtime", "dataset", "simulate", "train", "export", "reproduce", "evaluate", "metrics"},
+    # fnet-bench, a command beside cli.py: the runtime's backends, torch (train/export) only for --arch
+    "bench": {"fnet", "cli", "runtime", "simulate", "metrics", "train", "export"},
 }
 
 

@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-# Seconds per unit, measured on the development machine (AMD EPYC, 2 cores, scipy.fft, OpenBLAS), batch 32:
-# an rfft+irfft pair per point·log2(n), the real-GEMM mixing per channel pair per frequency per spectrum,
-# a direct convolution per multiply-add. Only their ratios matter for the choice.
-COST_FFT_POINT = 1.0e-10
-COST_MIX_PAIR = 2.3e-10
-COST_DIRECT_MAC = 2.6e-11
+# Seconds per unit and spectrum, fitted by `python benchmarks/bench_fft.py --conv-rule --batch 8` over 54
+# convolution shapes (k 3..125, 8..64 channels, 578..4618 pixels) on the development machine (AMD EPYC, 2 cores,
+# scipy.fft, OpenBLAS): an rfft+irfft per point·log2(n), the mixing per channel pair per frequency, a direct
+# convolution per multiply-add. Only their ratios matter for the choice.
+COST_FFT_POINT = 1.36e-9
+COST_MIX_PAIR = 1.81e-9
+COST_DIRECT_MAC = 2.43e-10
 CONV_RULE = ("FFT when its modelled cost (FFT points·log2 n, channel pairs·frequencies) is below a direct "
              "convolution's (multiply-adds); 1x1 kernels always directly")
 MIX_BLOCK_BYTES = 1 << 20  # one mixing block's (B, c, f) complex slice: ~L2-sized (128 frequencies at B=32, c=32
