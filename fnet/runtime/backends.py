@@ -212,8 +212,8 @@ BACKENDS = ("auto", "onnxruntime", "fft", "tensorrt")
 
 
 def open_backend(package: ModelPackage, device: str = "auto", threads: int | None = None,
-                 backend: str = "auto") -> Backend:
-    """The backend for a (backend, device) choice; see fnet-run --help.
+                 backend: str = "onnxruntime") -> Backend:
+    """The backend for a (backend, device) choice; see fnet-run --help (whose default is backend "auto").
 
     device: auto = CUDA when this onnxruntime has it and a GPU answers, else CPU. backend: "onnxruntime";
     "fft" = the package's graph with FFT convolutions (fnet.runtime.fft_backend) on numpy, or CuPy on
@@ -230,8 +230,6 @@ def open_backend(package: ModelPackage, device: str = "auto", threads: int | Non
         if device == "cpu":
             raise BackendUnavailable("--backend tensorrt needs a GPU (--device cuda or auto), not --device cpu")
         device = "tensorrt"
-    if backend == "onnxruntime" and package.is_engine:
-        raise BackendUnavailable(f"{package.path} is a TensorRT engine: run it with --backend tensorrt or auto")
     if backend == "fft":
         from .fft_backend import FftBackend
 

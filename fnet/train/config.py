@@ -112,6 +112,9 @@ class TrainCfg:
     amp: bool = True  # autocast + GradScaler on CUDA; ignored on CPU
     amp_dtype: Literal["float16", "bfloat16"] = "float16"
     num_threads: int = 0  # torch intra-op threads on CPU (0 = torch default)
+    # convolutions through the FFT (fnet.train.fft_conv): "auto" = its AUTO_RULE (wide kernels on CPU),
+    # "on" = every kernel > 1, "off" = torch's Conv1d. Same parameters and checkpoints either way.
+    fft_conv: Literal["auto", "on", "off"] = "auto"
     checkpoint_dir: str = "runs/default"
     resume: bool | str = False  # True/"auto": resume from checkpoint_dir/last.pt when present; or a path
     best_metric: Literal["median_abs_dv", "frac_6000"] = "median_abs_dv"  # lower / higher is better
@@ -184,7 +187,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
     """A config value as the type its field declares; ValueError naming the key when it cannot be.
 
     Numbers may come as strings (PyYAML reads 1e-3, without a dot, as a string; --set gives strings);
-    Literal fields accept only their choices; X | None accepts null; tuples come as YAML lists.
+    Literal fields accept only their choices (a boolean means "on"/"off" where those are choices);
+    X | None accepts null; tuples come as YAML lists.
     """
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if dataclasses.is_dataclass(hint):
@@ -200,6 +204,8 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
                 errors.append(str(exc))
         raise ValueError(errors[0] if len(errors) == 1 else f"config key {key}: {value!r} fits none of {hint}")
     if origin is typing.Literal:
+        if isinstance(value, bool) and ("on" in args or "off" in args):
+            value = "on" if value else "off"  # YAML 1.1 (PyYAML) reads on/off, yes/no as booleans
         if value not in args:
             raise ValueError(f"config key {key}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value

@@ -37,6 +37,7 @@ from .checkpoint import load_checkpoint, model_metadata, rng_state, save_checkpo
 from .config import Config, ScheduleCfg, load_config
 from .data import (ArraySet, EpochBatchSampler, ShardDataset, SimulatedStream, make_loader, real_set, shard_set,
                    simulated_set)
+from .fft_conv import convert_convolutions
 from .heads import head_loss, make_targets
 from .model import build_model, count_macs, count_parameters
 
@@ -288,6 +289,9 @@ def _setup(cfg: Config) -> _Run:
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(ckpt_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     model = build_model(cfg.arch, cfg.head, cfg.grid.grid()).to(device)
+    # before the optimiser is built (it would keep the same parameter objects anyway); state_dict unchanged
+    n_fft = convert_convolutions(model, t.fft_conv, device)
+    log.info("train.fft_conv=%s: %d convolutions through the FFT", t.fft_conv, n_fft)
     optimizer = build_optimizer(model, cfg)
     scheduler = build_scheduler(optimizer, cfg.schedule, t.epochs)
     use_scaler = device.type == "cuda" and t.amp and t.amp_dtype == "float16"
