@@ -226,10 +226,13 @@ class Conv1d:
         buffer = self.ops.scratch(("padded", x.shape[0], self.c_in, n, left, x.shape[-1]), (x.shape[0], self.c_in, n),
                                   np.float32, zeroed=True)
         middle = buffer[:, :, left:left + x.shape[-1]]
-        if self.relu_input:
-            self.ops.xp.maximum(x, 0, out=middle)
-        else:
-            middle[...] = x
+
+        def copy(s: slice) -> None:  # a memory-bound pass: split over the batch, one part per worker thread
+            if self.relu_input:
+                self.ops.xp.maximum(x[s], 0, out=middle[s])
+            else:
+                middle[s] = x[s]
+        self.ops.map_blocks(copy, x.shape[0], -(-x.shape[0] // self.ops.threads))
         return buffer
 
     def _direct(self, x, out_len: int):
