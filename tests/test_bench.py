@@ -46,7 +46,7 @@ def test_random_weights_arch_on_every_cpu_backend(tmp_path):
     assert {"cpu", "cores", "gpu", "python", "libraries"} <= set(machine)
     assert machine["cores"] >= 1 and machine["libraries"]["numpy"] and machine["libraries"]["onnxruntime"]
     assert record["model"]["random_weights"] and record["model"]["architecture"] == "tiny"
-    assert record["reference"] == "torch"
+    assert record["reference"] == "torch-fp64"  # the float64 network: not timed, not a row
     rows = record["results"]
     assert [(r["backend"], r["batch_size"]) for r in rows] == [
         (b, s) for b in ("torch", "onnxruntime-cpu", "fft-numpy") for s in (1, 4)]
@@ -56,9 +56,8 @@ def test_random_weights_arch_on_every_cpu_backend(tmp_path):
         assert r["spectra_per_s"] == pytest.approx(r["batch_size"] / (r["latency_p50_ms"] / 1e3))
         assert r["timed_calls"] == 3
     dv = {r["backend"]: r["max_abs_dv_kms"] for r in rows}
-    assert dv["torch"] == 0.0
-    assert dv["onnxruntime-cpu"] < 1.0  # the same weights exported to FP32 ONNX: float32 rounding only
-    assert dv["fft-numpy"] < 10.0
+    # the same weights in float32 three ways: float32 rounding only, against the exact network
+    assert 0.0 < dv["torch"] < 1.0 and dv["onnxruntime-cpu"] < 1.0 and dv["fft-numpy"] < 1.0
     check_ratios(rows)
     # torch-bf16 needs CUDA: skipped on a line of its own with the reason, and the run still succeeds
     skipped = {s["backend"]: s["reason"] for s in record["skipped"]}

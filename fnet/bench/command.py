@@ -15,7 +15,7 @@ from ..runtime.backends import run_in_batches
 from ..runtime.errors import ModelPackageError
 from ..runtime.model_package import ModelPackage, load_model_package
 from ..runtime.preprocess import prepare_spectra
-from .backends import BACKEND_NAMES, REFERENCES, Skipped, Subject, backend_device, open_named
+from .backends import BACKEND_NAMES, DEFAULT_NAMES, REFERENCES, Skipped, Subject, backend_device, open_named
 from .measure import (PARITY_N, io_throughput, latency, load_spectra, machine_info, max_abs_dv, repeat_to,
                       simulated_pool, spectra_files)
 
@@ -49,10 +49,12 @@ class UsageProblem(Exception):
 @click.option("--seconds", type=click.FloatRange(0), default=5.0, show_default=True,
               help="stop timing a backend and batch size after this long (never before 3 calls)")
 @click.option("--seed", type=int, default=0, show_default=True, help="random weights and simulated inputs")
+@click.option("--parity-n", type=click.IntRange(1), default=PARITY_N, show_default=True,
+              help="spectra every backend runs for the parity column (fewer: a faster float64 reference on a CPU)")
 @click.option("--json", "json_path", default=None, help="also write the results here as JSON")
 @click.version_option(__version__, prog_name="fnet")
 def bench_command(model, arch, random_weights, backends, batch_sizes, engine, device, threads, spectra, warmup,
-                  repeats, seconds, seed, json_path):
+                  repeats, seconds, seed, parity_n, json_path):
     """Latency benchmark: spectra/s, p50/p99 latency per batch and Δv parity of every backend, same inputs.
 
     Exit code 0: every backend measured or skipped as unavailable here; 1: a backend failed while
@@ -60,7 +62,7 @@ def bench_command(model, arch, random_weights, backends, batch_sizes, engine, de
     """
     try:
         code = _bench(model, arch, random_weights, list(backends), list(dict.fromkeys(batch_sizes)), engine, device,
-                      threads, list(spectra), warmup, repeats, seconds, seed, json_path)
+                      threads, list(spectra), warmup, repeats, seconds, seed, json_path, parity_n)
     except UsageProblem as exc:
         click.echo(f"error: {exc}", err=True)
         code = EXIT_USAGE
@@ -68,12 +70,12 @@ def bench_command(model, arch, random_weights, backends, batch_sizes, engine, de
 
 
 def _bench(model, arch, random_weights, names, batch_sizes, engine, device, threads, spectra, warmup, repeats,
-           seconds, seed, json_path) -> int:
+           seconds, seed, json_path, parity_n: int = PARITY_N) -> int:
     """fnet-bench's work; returns the exit code."""
     if json_path:
         _check_output(Path(json_path))
     explicit = bool(names)
-    names = names or list(BACKEND_NAMES)
+    names = names or list(DEFAULT_NAMES)
     batch_sizes = batch_sizes or list(DEFAULT_BATCH_SIZES)
     with tempfile.TemporaryDirectory(prefix="fnet-bench-") as tmp:
         subject = _subject(model, arch, random_weights, engine, device, seed, Path(tmp))
@@ -90,9 +92,9 @@ def _bench(model, arch, random_weights, names, batch_sizes, engine, device, thre
             _progress(f"read + preprocess throughput on {len(files)} files")
             io = io_throughput(files, loaded, problems, package, repeats, seconds)
         else:
-            pool = simulated_pool(package, PARITY_N, seed)
-        parity_x = pool[:PARITY_N]
-        reference = next((r for r in REFERENCES if r != "torch" or subject.torch_model is not None), None)
+            pool = simulated_pool(package, max(PARITY_N, parity_n), seed)
+        parity_x = pool[:parity_n]
+        reference = next((r for r in REFERENCES if not r.startswith("torch") or subject.torch_model is not None), None)
         rows, outputs, skipped, failed = _measure(names, explicit, reference, subject, pool, parity_x, batch_sizes,
                                                   threads, warmup, repeats, seconds)
     if not rows:
@@ -136,7 +138,7 @@ def _measure(names: list[str], explicit: bool, reference: str | None, subject: S
             continue
         try:
             # one batch of the fixed parity spectra; also every backend's first (warm-up) call
-            outputs[name] = run_in_batches(backend.run, parity_x, PARITY_N)
+            outputs[name] = run_in_batches(backend.run, parity_x, len(parity_x))
             for size in batch_sizes if timed else []:
                 _progress(f"{name}: batch {size}")
                 stats = latency(backend.run, repeat_to(pool, size), warmup, repeats, seconds)

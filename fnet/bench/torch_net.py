@@ -16,7 +16,7 @@ from ..export.onnx_export import export_graph, set_metadata
 from ..runtime.backends import Backend
 from ..runtime.errors import BackendUnavailable
 from ..runtime.grid import Grid
-from ..train.evaluate_torch import TorchBackend
+from ..train.evaluate_torch import TorchBackend, reference_outputs
 from ..train.model import ARCHS, POOLED, build_model
 from ..train.package import PackageInfo
 
@@ -68,6 +68,18 @@ class TorchBf16Backend(Backend):
             flux = torch.from_numpy(np.ascontiguousarray(x[:, None, :], dtype=np.float32))
             out = self.model(flux.to(self.device).to(torch.bfloat16))
         return {self.output: out.float().cpu().numpy()}
+
+
+class Float64Reference(Backend):
+    """The torch network in float64, in memory-sized batches: the parity reference (exact up to float64 rounding)."""
+
+    def __init__(self, model: torch.nn.Module, output: str, device: str = "cpu"):
+        self.model, self.output, self.device = model, output, device
+        self.name = f"torch[{device},fp64]"
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """Outputs of the float64 network (float32 arrays, as every backend returns)."""
+        return reference_outputs(self.model, self.output, x, device=self.device)
 
 
 def torch_backend(model: torch.nn.Module, output: str, device: str, bf16: bool = False,

@@ -34,7 +34,8 @@ class TorchBackend(Backend):
         return {self.output: out.float().cpu().numpy()}
 
 
-def reference_outputs(model: torch.nn.Module, output: str, x: np.ndarray, memory: float = 2 * 2 ** 30) -> dict:
+def reference_outputs(model: torch.nn.Module, output: str, x: np.ndarray, memory: float = 2 * 2 ** 30,
+                      device: str = "cpu") -> dict:
     """The parity reference: the network in float64 (its own rounding is not what a parity check should measure).
 
     Batches are sized so that torch's float64 CPU convolution, which unfolds each k-tap input (c_in·k values
@@ -44,7 +45,8 @@ def reference_outputs(model: torch.nn.Module, output: str, x: np.ndarray, memory
                  default=1) * x.shape[1] * 8
     from ..runtime.backends import run_in_batches
 
-    return run_in_batches(TorchBackend(model, output, float64=True).run, x, max(1, min(64, int(memory // unfold))))
+    backend = TorchBackend(model, output, device=device, float64=True)
+    return run_in_batches(backend.run, x, max(1, min(64, int(memory // unfold))))
 
 
 def checkpoint_package(checkpoint: str | Path) -> tuple[torch.nn.Module, ModelPackage]:
