@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -278,8 +279,11 @@ class Conv1d:
             mixed = ops.scratch(("mixed",), (batch, self.c_out, frequencies), np.complex64)
 
             def mix(s: slice) -> None:
-                block = xp.ascontiguousarray(spectrum[:, :, s].transpose(2, 0, 1))  # (f, B, c_in), in cache
-                product = xp.matmul(block.view(np.float32), weights[s]).view(np.complex64)  # (f, B, c_out)
+                f = s.stop - s.start  # per-thread buffers: no allocation per block
+                block = ops.scratch(("mix-in", threading.get_ident()), (f, batch, self.c_in), np.complex64)
+                product = ops.scratch(("mix-out", threading.get_ident()), (f, batch, self.c_out), np.complex64)
+                block[...] = spectrum[:, :, s].transpose(2, 0, 1)  # (f, B, c_in), in cache
+                xp.matmul(block.view(np.float32), weights[s], out=product.view(np.float32))  # (f, B, c_out)
                 mixed[:, :, s] = product.transpose(1, 2, 0)
             block = mix_block(batch, max(self.c_in, self.c_out)) if xp is np else frequencies
             ops.map_blocks(mix, frequencies, block)
