@@ -32,8 +32,9 @@ def test_reproduce_paper_pipeline_on_real_spectra(tmp_path):
     test_report = json.loads((work / "test_report.json").read_text())
     n_test = sum(s["count"] for s in manifest["shards"] if s["split"] == "test")
     assert test_report["n"] == n_test > 0  # rows not in the fake DR12Q, with a spectrum on disk
-    assert set(summary["exports"]) == {"onnx-fp32", "onnx-fp16"}
+    assert set(summary["exports"]) == {"onnx-fp32", "onnx-fp16", "fft-fp32"}
     assert all(str(p).endswith(".onnx") for p in summary["exports"].values())
+    assert summary["exports"]["fft-fp32"] == summary["exports"]["onnx-fp32"]  # the same file, checked another way
     # a second run resumes: the dataset is reused and training finds its last checkpoint
     again = CliRunner().invoke(reproduce_command, args + ["--no-export"], catch_exceptions=False)
     assert again.exit_code == 0
