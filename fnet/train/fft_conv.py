@@ -31,7 +31,6 @@ import copy
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fnet.runtime.fft_conv import next_fast_length  # the 5-smooth FFT sizes the runtime's FFT backend uses
