@@ -135,7 +135,7 @@ def _run(inputs, model, output, batch_size, device, backend_name, threads, read_
     if choice:  # --backend auto measured (or remembered) which backend is faster for this model here
         times = ", ".join(f"{k} {v:.3g} s" for k, v in sorted(choice["seconds_per_batch"].items()))
         click.echo(f"fnet-run: --backend auto chose {backend.describe()} ({times} per batch of {choice['batch']}, "
-                   f"measured {choice['measured']})", err=True)
+                   f"measured {choice['measured']}; delete {choice['cache']} to measure again)", err=True)
     predictor = Predictor(package, backend)
     nbins = len(predictor.centres) if save_pdf else None
     fingerprint = run_fingerprint(digest, package.sha256, nbins)
@@ -348,8 +348,9 @@ def export_command(checkpoint, out_dir, name, model_version, precisions, tensorr
                                 model_version=model_version, name=name, force=force, max_batch=max_batch, fft=fft)
     for res in results:
         where = res.path if res.path else "NOT WRITTEN"
-        click.echo(f"{res.kind:<14} {where}\n               {res.report.summary() if res.report else res.error}",
-                   err=True)
+        detail = res.report.summary() if res.report else ""
+        detail = f"{detail}\n               {res.error}" if res.error and detail else (detail or res.error)
+        click.echo(f"{res.kind:<14} {where}\n               {detail}", err=True)
     failed = any(r.path is None or (r.report is not None and not r.report.passed) for r in results)
     sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
 

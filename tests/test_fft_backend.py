@@ -137,3 +137,38 @@ def test_the_gpu_path_refuses_cleanly_without_cupy_or_a_gpu():
         pass
     with pytest.raises(BackendUnavailable, match="CuPy and a GPU"):
         FftBackend(load_model_package(default_model_path()), "cuda")
+
+
+def test_a_relu_whose_input_is_also_read_elsewhere_is_not_fused_into_its_conv(tmp_path):
+    from onnx import helper
+
+    # review finding: a fused Relu passes its unrectified input on; an in-place Add of that input must not
+    # overwrite it before the Conv reads it (so such a Relu stays a Relu)
+    rng = np.random.default_rng(0)
+    npix = 200
+    w = {"W1": rng.normal(size=(4, 1, 31)).astype(np.float32), "W2": rng.normal(size=(4, 4, 31)).astype(np.float32),
+         "W3": rng.normal(size=(4, 1, 31)).astype(np.float32), "G": rng.normal(size=(1, 4 * npix)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["flux", "W1"], ["a"], kernel_shape=[31], pads=[15, 15]),
+             helper.make_node("Relu", ["a"], ["r"]),
+             helper.make_node("Conv", ["flux", "W3"], ["c3"], kernel_shape=[31], pads=[15, 15]),
+             helper.make_node("Add", ["a", "c3"], ["s"]),
+             helper.make_node("Conv", ["r", "W2"], ["t"], kernel_shape=[31], pads=[15, 15]),
+             helper.make_node("Add", ["s", "t"], ["u"]),
+             helper.make_node("Flatten", ["u"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "G"], ["z_scaled"], transB=1)]
+    package = _graph_package(tmp_path, nodes, ["flux"], ["z_scaled"], w, npix, 1)
+    x = rng.normal(size=(3, npix)).astype(np.float32)
+    for _ in range(2):  # the second run reuses every pooled buffer
+        ours, theirs = FftBackend(package).run(x)["z_scaled"], open_backend(package, "cpu").run(x)["z_scaled"]
+        assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-3 * np.abs(theirs).max())
+
+
+def test_a_node_with_two_outputs_is_refused(tmp_path):
+    from onnx import helper
+
+    nodes = [helper.make_node("MaxPool", ["flux"], ["p", "idx"], kernel_shape=[2], strides=[2]),
+             helper.make_node("Flatten", ["p"], ["f"], axis=1),
+             helper.make_node("MatMul", ["f", "M"], ["z_scaled"])]
+    package = _graph_package(tmp_path, nodes, ["flux"], ["z_scaled"], {"M": np.ones((25, 1), np.float32)}, 50, 1)
+    with pytest.raises(BackendUnavailable, match="single-output nodes only.*MaxPool"):
+        FftBackend(package)

@@ -26,7 +26,6 @@ import numpy as np
 
 from .atomic import atomic_write_text
 from .backends import Backend
-from .errors import BackendUnavailable
 from .model_package import ModelPackage
 
 MEASURE_BATCH = 8
@@ -34,14 +33,22 @@ MEASURE_BATCH = 8
 
 def cache_path() -> Path:
     """Where the measured choices are kept."""
-    root = os.environ.get("FNET_CACHE_DIR") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                            os.path.join(Path.home(), ".cache"), "fnet")
+    root = os.environ.get("FNET_CACHE_DIR")
+    if not root:
+        try:
+            root = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.join(Path.home(), ".cache"), "fnet")
+        except RuntimeError:  # no home directory at all: a per-machine temporary folder
+            import tempfile
+
+            root = os.path.join(tempfile.gettempdir(), "fnet-cache")
     return Path(root) / "backend-choice.json"
 
 
 def machine_key(device: str, threads: int | None) -> str:
     """CPU model, cores, threads, device and the versions whose speed is being compared."""
-    versions = []
+    from .. import __version__ as fnet_version
+
+    versions = [f"fnet={fnet_version}"]
     for module in ("numpy", "scipy", "onnxruntime", "cupy"):
         try:
             versions.append(f"{module}={__import__(module).__version__}")
@@ -61,7 +68,7 @@ def _cpu_model() -> str:
 
 
 def _seconds(backend: Backend, x: np.ndarray) -> float:
-    backend.run(x[:1])  # warm-up: sessions, kernel spectra, buffers
+    backend.run(x)  # warm-up at the timed shape: sessions, kernel spectra, buffers
     start = time.perf_counter()
     backend.run(x)
     return time.perf_counter() - start
@@ -75,9 +82,9 @@ def choose(package: ModelPackage, onnxruntime: Backend, device: str, threads: in
 
     try:
         fft = FftBackend(package, device, threads)
-    except BackendUnavailable:
+        fft.run(np.zeros((1, package.grid.npix), np.float32))
+    except Exception:  # noqa: BLE001  whatever stops the FFT backend on this model here, ONNX Runtime runs it
         return onnxruntime
-    fft.run(np.zeros((1, package.grid.npix), np.float32))
     if not any(conv.last_route == "fft" for conv in fft.convolutions):
         return onnxruntime
     key = f"{package.sha256}|{machine_key(device, threads)}"
@@ -88,7 +95,7 @@ def choose(package: ModelPackage, onnxruntime: Backend, device: str, threads: in
     except (OSError, ValueError):
         cached = {}
     entry = cached.get(key)
-    if not isinstance(entry, dict) or entry.get("backend") not in ("fft", "onnxruntime"):
+    if not _valid(entry):
         x = np.random.default_rng(0).standard_normal((MEASURE_BATCH, package.grid.npix)).astype(np.float32)
         times = {"onnxruntime": _seconds(onnxruntime, x), "fft": _seconds(fft, x)}
         entry = {"backend": min(times, key=times.get), "seconds_per_batch": times, "batch": MEASURE_BATCH,
@@ -100,5 +107,13 @@ def choose(package: ModelPackage, onnxruntime: Backend, device: str, threads: in
         except OSError:  # a read-only home: the choice is simply measured again next time
             pass
     chosen = fft if entry["backend"] == "fft" else onnxruntime
-    chosen.choice = entry  # type: ignore[attr-defined]  (fnet-run reports why)
+    chosen.choice = dict(entry, cache=str(path))  # type: ignore[attr-defined]  (fnet-run reports why, and where)
     return chosen
+
+
+def _valid(entry) -> bool:
+    """A cached choice with everything fnet-run reports (anything else is measured again)."""
+    return (isinstance(entry, dict) and entry.get("backend") in ("fft", "onnxruntime")
+            and isinstance(entry.get("seconds_per_batch"), dict)
+            and all(isinstance(v, (int, float)) for v in entry["seconds_per_batch"].values())
+            and isinstance(entry.get("batch"), int) and isinstance(entry.get("measured"), str))

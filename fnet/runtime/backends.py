@@ -237,7 +237,12 @@ def open_backend(package: ModelPackage, device: str = "auto", threads: int | Non
             raise BackendUnavailable(f"{package.path} is a TensorRT engine; the FFT backend runs ONNX packages")
         if device == "tensorrt":
             raise BackendUnavailable("--backend fft runs on --device cpu or cuda, not tensorrt")
-        return FftBackend(package, "cuda" if device == "cuda" else "cpu", threads)
+        if device == "auto":  # CuPy on a GPU when both answer, else numpy
+            try:
+                return FftBackend(package, "cuda", threads)
+            except BackendUnavailable:
+                device = "cpu"
+        return FftBackend(package, device, threads)
     if package.is_engine:
         if device not in ("auto", "tensorrt"):
             raise BackendUnavailable(f"{package.path} is a TensorRT engine; it runs only with --device tensorrt/auto")

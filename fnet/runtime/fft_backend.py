@@ -68,6 +68,10 @@ class FftBackend(Backend):
         if unsupported:
             raise BackendUnavailable(f"{package.path}: the FFT backend does not support op(s) {', '.join(unsupported)} "
                                      f"(supported: {', '.join(SUPPORTED_OPS)})")
+        several = sorted({n.op_type for n in graph.nodes if len([o for o in n.outputs if o]) > 1})
+        if several:
+            raise BackendUnavailable(f"{package.path}: the FFT backend runs single-output nodes only ({', '.join(several)} "
+                                     "here has more than one output)")
         if graph.inputs != [package.input_name]:
             raise BackendUnavailable(f"{package.path}: graph inputs {graph.inputs}, metadata says {package.input_name!r}")
         recorded = (package.parity.get("companions") or {}).get("fft")
@@ -101,7 +105,10 @@ class FftBackend(Backend):
                 readers.setdefault(name, []).append((node, step))
         for i, (node, step) in enumerate(self.plan):
             users = readers.get(node.outputs[0], [])
+            # only where the Relu is the one reader of its input too: the fused Relu passes that very array on,
+            # so no other step may overwrite it before the Conv reads it
             if node.op_type == "Relu" and node.outputs[0] not in self.output_names and len(users) == 1 \
+                    and len(readers.get(node.inputs[0], [])) == 1 and node.inputs[0] not in self.output_names \
                     and isinstance(users[0][1], Conv1d) and users[0][0].inputs[0] == node.outputs[0]:
                 users[0][1].relu_input = True
                 self.plan[i] = (node, _unchanged)
@@ -158,7 +165,8 @@ class FftBackend(Backend):
         if xp is not np:
             return {k: np.asarray(xp.asnumpy(v), dtype=np.float32) for k, v in out.items()}
         # a copy where the value lives in a pool buffer: the next batch will write there
-        return {k: np.array(v, dtype=np.float32, copy=self.ops.owner(v) is not None) for k, v in out.items()}
+        return {k: np.array(v, dtype=np.float32) if self.ops.owner(v) is not None else np.asarray(v, dtype=np.float32)
+                for k, v in out.items()}
 
     # -- one function per op -------------------------------------------------------------------------
 
@@ -173,11 +181,12 @@ class FftBackend(Backend):
             return (lambda x: xp.maximum(x, 0, out=x)) if own[0] else (lambda x: xp.maximum(x, 0, out=self.ops.take(x.shape)))
         if op == "Add":
             def add(x, y):
-                if own[0] and x.shape == xp.broadcast_shapes(x.shape, y.shape):
+                shape = np.broadcast_shapes(x.shape, y.shape)  # shape arithmetic: numpy's, on either array module
+                if own[0] and x.shape == shape:
                     return xp.add(x, y, out=x)
-                if own[1] and y.shape == xp.broadcast_shapes(x.shape, y.shape):
+                if own[1] and y.shape == shape:
                     return xp.add(x, y, out=y)
-                return xp.add(x, y, out=self.ops.take(xp.broadcast_shapes(x.shape, y.shape), xp.result_type(x, y)))
+                return xp.add(x, y, out=self.ops.take(shape, xp.result_type(x, y)))
             return add
         if op == "Identity":
             return lambda x: x

@@ -151,7 +151,7 @@ class ArrayOps:
         full_key = key + (tuple(shape), np.dtype(dtype).str)
         buffer = self._scratch.get(full_key)
         if buffer is None:
-            if len(self._scratch) > 64:  # many batch shapes: drop the old buffers rather than grow without bound
+            if len(self._scratch) > 256:  # many batch shapes: drop the old buffers rather than grow without bound
                 self._scratch.clear()
             buffer = self._scratch[full_key] = (self.xp.zeros if zeroed else self.xp.empty)(shape, dtype=dtype)
         return buffer
@@ -233,7 +233,8 @@ class Conv1d:
                 self.ops.xp.maximum(x[s], 0, out=middle[s])
             else:
                 middle[s] = x[s]
-        self.ops.map_blocks(copy, x.shape[0], -(-x.shape[0] // self.ops.threads))
+        parts = self.ops.threads if self.ops.workers is not None else 1  # CuPy: one launch, not many small ones
+        self.ops.map_blocks(copy, x.shape[0], -(-x.shape[0] // parts))
         return buffer
 
     def _direct(self, x, out_len: int):
@@ -290,4 +291,5 @@ class Conv1d:
         if self.bias is not None:  # a constant b is n·b in the DC bin of an unnormalised rfft: the bias costs nothing
             mixed[:, :, 0] += xp.asarray(n * self.bias)
         # circular correlation over n >= padded length: outputs [0, out_len) never see the wrap-around
-        return ops.irfft(mixed, n, out=ops.take((batch, self.c_out, n)))[:, :, :out_len]
+        out = ops.take((batch, self.c_out, n)) if ops.pocketfft is not None else None  # else irfft allocates
+        return ops.irfft(mixed, n, out=out)[:, :, :out_len]
