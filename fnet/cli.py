@@ -131,6 +131,9 @@ def _run(inputs, model, output, batch_size, device, backend_name, threads, read_
         backend = open_backend(package, device=device, threads=threads, backend=backend_name)
     except BackendUnavailable as exc:
         _fail_usage(str(exc))
+    if package.parity.get("passed") is False:
+        click.echo(f"fnet-run: WARNING: {package.path} failed its parity check at export (written with --force): "
+                   "its redshifts are not vouched for; the catalog header says PARITY = FAIL", err=True)
     choice = getattr(backend, "choice", None)
     if choice:  # --backend auto measured (or remembered) which backend is faster for this model here
         times = ", ".join(f"{k} {v:.3g} s" for k, v in sorted(choice["seconds_per_batch"].items()))
@@ -333,7 +336,8 @@ def export_command(checkpoint, out_dir, name, model_version, precisions, tensorr
                    n_simulated, force, fft):
     """Export a training CHECKPOINT to ONNX model packages (and TensorRT engines), each parity-checked.
 
-    An artefact whose redshifts differ from PyTorch's beyond tolerance is not written (exit code 1).
+    An artefact whose redshifts differ from PyTorch's beyond tolerance is not written (exit code 1); one
+    that cannot be built at all (ONNX export, TensorRT parse or build error) is reported and exit code is 3.
     """
     from .export.pipeline import export_checkpoint
 
@@ -351,8 +355,10 @@ def export_command(checkpoint, out_dir, name, model_version, precisions, tensorr
         detail = res.report.summary() if res.report else ""
         detail = f"{detail}\n               {res.error}" if res.error and detail else (detail or res.error)
         click.echo(f"{res.kind:<14} {where}\n               {detail}", err=True)
+    # exit 3 when an artefact could not be built at all (parse/build error), 1 when one failed its parity check
+    broken = any(r.path is None and r.report is None for r in results)
     failed = any(r.path is None or (r.report is not None and not r.report.passed) for r in results)
-    sys.exit(EXIT_SOME_FAILED if failed else EXIT_OK)
+    sys.exit(EXIT_NO_CATALOG if broken else EXIT_SOME_FAILED if failed else EXIT_OK)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

@@ -86,6 +86,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, precisions
                                             f"{path}: written, but --backend fft will refuse it"))
         except ExportParityError as exc:
             results.append(ExportResult(f"onnx-{precision}", None, exc.report, str(exc)))
+        except Exception as exc:  # noqa: BLE001  an artefact that cannot be built: reported, the others still built
+            results.append(ExportResult(f"onnx-{precision}", None, None, f"{path}: not built: {type(exc).__name__}: {exc}"))
     if tensorrt:
         from .tensorrt_build import build_engine
 
@@ -97,4 +99,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, precisions
                 results.append(ExportResult(f"tensorrt-{'fp16' if fp16 else 'fp32'}", engine, report))
             except ExportParityError as exc:
                 results.append(ExportResult(f"tensorrt-{'fp16' if fp16 else 'fp32'}", None, exc.report, str(exc)))
+            except Exception as exc:  # noqa: BLE001  parse/build failure: this engine only, with the reason
+                results.append(ExportResult(f"tensorrt-{'fp16' if fp16 else 'fp32'}", None, None,
+                                            f"{engine}: not built: {type(exc).__name__}: {exc}"))
     return results

@@ -59,6 +59,7 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, parity_x: np.nd
         config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     npix = package.grid.npix
+    opt_batch = min(max(1, int(opt_batch)), int(max_batch))  # TensorRT requires min <= opt <= max
     profile.set_shape(package.input_name, (1, 1, npix), (opt_batch, 1, npix), (max_batch, 1, npix))
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)

@@ -77,6 +77,8 @@ class OnnxRuntimeBackend(Backend):
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run the session on (n, npix) input in fixed-size batches, adding the channel axis the network expects."""
         n, size = len(x), self.fixed_batch
+        if n == 0:  # outputs with no rows, shaped as the model makes them
+            return {k: v[:0] for k, v in self.run(np.zeros((1, x.shape[1]), np.float32)).items()}
         padded = np.zeros((-(-n // size) * size, 1, x.shape[1]), dtype=self.input_dtype)
         padded[:n, 0, :] = x
         parts = [self.session.run(self.output_names, {self.input.name: padded[i:i + size]})
@@ -111,6 +113,8 @@ class TensorRTEngineBackend(Backend):
 
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run the engine, in slices of at most the profile's largest batch."""
+        if len(x) == 0:  # outputs with no rows, shaped as the engine makes them
+            return {k: v[:0] for k, v in self._run_slice(np.zeros((1, x.shape[1]), np.float32)).items()}
         parts = [self._run_slice(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
 

@@ -398,6 +398,8 @@ def provenance_header(package: ModelPackage, summary: RunSummary) -> dict:
         "MODELARC": package.architecture,
         "MODELSHA": package.sha256,
         "BACKEND": summary.backend[:68],
+        # the export's verdict on this file (FAIL: written with --force, its redshifts are not vouched for)
+        "PARITY": {True: "pass", False: "FAIL"}.get(package.parity.get("passed"), "none"),
         "DATE": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
         "NINPUT": summary.n_inputs,
         "NFILEBAD": summary.n_files_failed,

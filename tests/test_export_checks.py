@@ -1,0 +1,97 @@
+"""Export and runtime checks of issue #8 that need no GPU: non-finite outputs fail parity, an artefact that
+cannot be built is reported with exit code 3, empty batches, and a package that failed parity is flagged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from click.testing import CliRunner
+
+from conftest import require_shared
+from fnet.cli import default_model_path, run_command
+from fnet.export.parity import TOLERANCES, compare_outputs
+from fnet.runtime.backends import open_backend
+from fnet.runtime.fft_backend import FftBackend
+from fnet.runtime.model_package import load_model_package
+
+HEAD = {"kind": "regression", "output": "z_scaled", "z_min": 0.0, "z_max": 7.0}
+
+
+def test_one_non_finite_output_fails_even_the_fp16_gate():
+    reference = {"z_scaled": np.full((256, 1), 0.3, np.float32)}
+    for bad in (np.inf, np.nan, -np.inf):
+        candidate = {"z_scaled": reference["z_scaled"].copy()}
+        candidate["z_scaled"][5] = bad
+        report = compare_outputs(reference, candidate, HEAD, reference_name="ref", candidate_name="engine",
+                                 tolerance=TOLERANCES["fp16"])
+        # 1 of 256 over 6000 km/s is within the FP16 allowance (0.5 %): only the finiteness check refuses it
+        assert report.frac_over["6000"] <= TOLERANCES["fp16"]["max_frac_over_6000"]
+        assert not report.passed and report.n_nonfinite == 1 and "NaN/inf" in report.summary()
+    clean = compare_outputs(reference, reference, HEAD, reference_name="ref", candidate_name="same",
+                            tolerance=TOLERANCES["fp16"])
+    assert clean.passed and clean.n_nonfinite == 0
+
+
+def test_empty_batches_give_empty_outputs_of_the_right_shape():
+    package = load_model_package(default_model_path())
+    empty = np.zeros((0, package.grid.npix), np.float32)
+    for backend in (open_backend(package, "cpu"), FftBackend(package)):
+        out = backend.run(empty)
+        assert out["logits"].shape == (0, package.head["nbins"]) and out["logits"].dtype == np.float32
+
+
+def test_an_artefact_that_cannot_be_built_is_reported_and_exit_code_3(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from fnet.cli import export_command
+    from fnet.export import pipeline
+    from fnet.runtime.grid import Grid
+    from fnet.train.model import build_model
+
+    grid = Grid(3.5522, 8e-4, 578)
+    torch.manual_seed(0)
+    net = build_model("tiny", HEAD, grid).eval()
+    meta = {"name": "tiny", "arch": "tiny", "grid": grid.to_dict(), "normalisation": {"scheme": "ivar_unit_norm"},
+            "head": dict(HEAD), "z_range": [0.0, 7.0], "training": {}}
+    monkeypatch.setattr(pipeline, "load_model", lambda path: (net, dict(meta)))
+    real = pipeline.export_onnx
+
+    def broken(model, info, path, *args, precision="fp32", **kwargs):
+        if precision == "fp16":
+            raise RuntimeError("simulated converter crash")
+        return real(model, info, path, *args, precision=precision, **kwargs)
+    monkeypatch.setattr(pipeline, "export_onnx", broken)
+    checkpoint = tmp_path / "any.pt"
+    checkpoint.write_bytes(b"not read: load_model is replaced")
+    result = CliRunner().invoke(export_command, [str(checkpoint), "-o", str(tmp_path / "out"), "--n-simulated", "16",
+                                                 "--no-fft"], catch_exceptions=False)
+    assert result.exit_code == 3, result.output
+    assert "not built: RuntimeError: simulated converter crash" in result.output
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["tiny-fp32.onnx"]  # the other artefact is still built
+
+
+def test_a_package_that_failed_parity_is_flagged_in_the_run_and_the_catalog(tmp_path):
+    import json
+
+    import onnx
+
+    from fnet.runtime.onnx_wire import stamp_integrity
+
+    model = onnx.load(str(default_model_path()))
+    for entry in model.metadata_props:
+        if entry.key == "fnet.parity":
+            parity = json.loads(entry.value)
+            parity["passed"] = False
+            entry.value = json.dumps(parity)
+    forced = tmp_path / "forced.onnx"
+    forced.write_bytes(stamp_integrity(model.SerializeToString()))
+    files = sorted(require_shared("sdss", "dr16").glob("spec-*.fits"))[:2]
+    out = tmp_path / "cat.fits"
+    result = CliRunner().invoke(run_command, [*map(str, files), "--model", str(forced), "-o", str(out),
+                                              "--backend", "onnxruntime"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "failed its parity check at export" in result.output
+    assert fits.getheader(out, "FNET")["PARITY"] == "FAIL"
+    plain = tmp_path / "plain.fits"
+    CliRunner().invoke(run_command, [*map(str, files), "-o", str(plain), "--backend", "onnxruntime"])
+    assert fits.getheader(plain, "FNET")["PARITY"] == "pass"
