@@ -95,3 +95,39 @@ def test_a_package_that_failed_parity_is_flagged_in_the_run_and_the_catalog(tmp_
     plain = tmp_path / "plain.fits"
     CliRunner().invoke(run_command, [*map(str, files), "-o", str(plain), "--backend", "onnxruntime"])
     assert fits.getheader(plain, "FNET")["PARITY"] == "pass"
+
+
+def test_gpu_providers_get_their_options(monkeypatch):
+    import onnxruntime as ort
+
+    from fnet.runtime.backends import FIXED_BATCH, OnnxRuntimeBackend
+
+    package = load_model_package(default_model_path())  # before the stand-in: loading reads metadata through ORT
+    seen = {}
+
+    class FakeSession:  # records what ONNX Runtime would be given; stands in for a GPU build
+        def __init__(self, path, options, providers):
+            seen["providers"] = providers
+
+        def get_inputs(self):
+            return [type("I", (), {"name": "flux", "type": "tensor(float)"})()]
+
+        def get_outputs(self):
+            return [type("O", (), {"name": "logits"})()]
+
+        def get_providers(self):
+            return [p if isinstance(p, str) else p[0] for p in seen["providers"]]
+    monkeypatch.setattr(ort, "InferenceSession", FakeSession)
+    monkeypatch.setattr(ort, "preload_dlls", lambda: seen.setdefault("preloaded", True), raising=False)
+    OnnxRuntimeBackend(package, ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert seen["providers"] == [("CUDAExecutionProvider", {"use_tf32": "0"}), "CPUExecutionProvider"]
+    assert seen["preloaded"]
+    OnnxRuntimeBackend(package, ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    name, options = seen["providers"][0]
+    shape = f"flux:{FIXED_BATCH['gpu']}x1x{package.grid.npix}"
+    assert name == "TensorrtExecutionProvider" and options["trt_engine_cache_enable"] == "True"
+    assert package.sha256[:16] in options["trt_engine_cache_path"]
+    assert options["trt_profile_min_shapes"] == options["trt_profile_opt_shapes"] == options["trt_profile_max_shapes"] == shape
+    seen.clear()
+    OnnxRuntimeBackend(package, ["CPUExecutionProvider"])
+    assert seen["providers"] == ["CPUExecutionProvider"] and "preloaded" not in seen

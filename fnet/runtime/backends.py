@@ -52,12 +52,44 @@ class Backend(ABC):
         return self.name
 
 
+GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def provider_options(name: str, package: ModelPackage):
+    """An execution provider with the options this toolkit needs, as ONNX Runtime takes them: (name, {...}) or name.
+
+    CUDA: TF32 off for FP32 packages (the provider's default is TF32, ~1e-3 relative: not the FP32 the parity
+    gate judged). TensorRT: engines and timing cache kept on disk per model (no rebuild on every run), and one
+    profile at the fixed GPU batch every call is padded to (no rebuild when the last batch is smaller).
+    """
+    fp32 = package.metadata.get("fnet.precision", "fp32") == "fp32"
+    if name == "CUDAExecutionProvider":
+        return (name, {"use_tf32": "0"}) if fp32 else name
+    if name == "TensorrtExecutionProvider":
+        from .backend_choice import cache_path
+
+        cache = cache_path().parent / "tensorrt" / (package.sha256[:16] or "unhashed")
+        shape = f"{package.input_name}:{FIXED_BATCH['gpu']}x1x{package.grid.npix}"
+        return (name, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                       "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache),
+                       "trt_profile_min_shapes": shape, "trt_profile_opt_shapes": shape,
+                       "trt_profile_max_shapes": shape})
+    return name
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime session with a chosen list of execution providers."""
 
     def __init__(self, package: ModelPackage, providers: list, threads: int | None = None):
         import onnxruntime as ort
 
+        names = [p if isinstance(p, str) else p[0] for p in providers]
+        if any(n in GPU_PROVIDERS for n in names) and hasattr(ort, "preload_dlls"):
+            try:  # CUDA/cuDNN from pip wheels (nvidia-*) are found only once loaded this way (ORT >= 1.21)
+                ort.preload_dlls()
+            except Exception:  # noqa: BLE001  system libraries then, or the session says what is missing
+                pass
+        providers = [provider_options(p, package) if isinstance(p, str) else p for p in providers]
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = int(threads)
