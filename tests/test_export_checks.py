@@ -131,3 +131,22 @@ def test_gpu_providers_get_their_options(monkeypatch):
     seen.clear()
     OnnxRuntimeBackend(package, ["CPUExecutionProvider"])
     assert seen["providers"] == ["CPUExecutionProvider"] and "preloaded" not in seen
+
+
+def test_an_engine_sidecar_that_describes_another_engine_is_refused(tmp_path):
+    import hashlib
+    import json
+
+    from fnet.runtime.errors import ModelPackageError
+
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"serialized engine bytes stand-in")
+    meta = dict(load_model_package(default_model_path()).metadata)
+    for recorded, ok in ((hashlib.sha256(engine.read_bytes()).hexdigest(), True), ("0" * 64, False)):
+        meta["fnet.tensorrt"] = json.dumps({"engine_sha256": recorded})
+        (tmp_path / "m.engine.json").write_text(json.dumps(meta))
+        if ok:
+            assert load_model_package(engine).is_engine
+        else:
+            with pytest.raises(ModelPackageError, match="m.engine.json describes another engine"):
+                load_model_package(engine)

@@ -7,6 +7,7 @@ JSON sidecar (`<engine>.json`) because engines cannot carry ONNX metadata_props.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -80,7 +81,9 @@ def build_engine(onnx_path: str | Path, engine_path: str | Path, parity_x: np.nd
             raise ExportParityError(engine_path, report)
         sidecar_meta["fnet.parity"] = json.dumps(report.to_dict())
         sidecar_meta["fnet.tensorrt"] = json.dumps({"version": trt.__version__, "max_batch": max_batch,
-                                                    "opt_batch": opt_batch, "source_onnx_sha256": package.sha256})
+                                                    "opt_batch": opt_batch, "source_onnx_sha256": package.sha256,
+                                                    # the runtime refuses a sidecar beside another engine
+                                                    "engine_sha256": hashlib.sha256(bytes(serialized)).hexdigest()})
         with atomic_path(engine_sidecar(engine_path)) as side:
             atomic_write_text(side, json.dumps(sidecar_meta, indent=1))
     return report

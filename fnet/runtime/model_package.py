@@ -259,7 +259,16 @@ def load_model_package(path: str | Path, metadata: dict[str, str] | None = None)
     if path.suffix in ENGINE_SUFFIXES:
         if metadata is None:
             metadata = _read_sidecar(path)
-        return ModelPackage.from_metadata(path, metadata, sha256=file_sha256(path))
+        sha256 = file_sha256(path)
+        try:
+            recorded = json.loads(metadata.get(PREFIX + "tensorrt", "{}")).get("engine_sha256")
+        except (ValueError, AttributeError):
+            recorded = None
+        if recorded and recorded != sha256:  # e.g. a crash between writing the new sidecar and the new engine
+            raise ModelPackageError(path, f"the sidecar {engine_sidecar(path).name} describes another engine "
+                                          f"(sha256 {recorded[:12]}..., this file {sha256[:12]}...); rebuild it "
+                                          "with fnet-export --tensorrt")
+        return ModelPackage.from_metadata(path, metadata, sha256=sha256)
     data = path.read_bytes()
     from .onnx_wire import check_integrity
 
