@@ -150,3 +150,25 @@ def test_an_engine_sidecar_that_describes_another_engine_is_refused(tmp_path):
         else:
             with pytest.raises(ModelPackageError, match="m.engine.json describes another engine"):
                 load_model_package(engine)
+
+
+def test_cuda_libraries_without_a_gpu_are_a_clean_refusal(monkeypatch):
+    import ctypes
+
+    from fnet.export.tensorrt_build import tensorrt_available
+    from fnet.runtime import backends
+    from fnet.runtime.errors import BackendUnavailable
+
+    class NoDevice:  # libcudart as pip's CUDA wheels install it on a machine without a GPU
+        def cudaGetDeviceCount(self, count):
+            return 100  # cudaErrorNoDevice
+
+    monkeypatch.setattr(ctypes, "CDLL", lambda name: NoDevice())
+    with pytest.raises(BackendUnavailable, match="no usable GPU.*error 100"):
+        backends.CudaRuntime()
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        return
+    ok, why = tensorrt_available()
+    assert not ok and "no usable GPU" in why

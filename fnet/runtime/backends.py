@@ -195,6 +195,12 @@ class CudaRuntime:
                 continue
         if lib is None:
             raise BackendUnavailable("CUDA runtime library (libcudart) not found: a TensorRT engine needs a GPU")
+        # the library loading proves only that CUDA wheels are installed; ask it whether a GPU answers
+        count = ctypes.c_int(0)
+        status = lib.cudaGetDeviceCount(ctypes.byref(count))
+        if status != 0 or count.value < 1:
+            raise BackendUnavailable(f"CUDA runtime found but no usable GPU (cudaGetDeviceCount: error {status}, "
+                                     f"{count.value} devices): a TensorRT engine needs an NVIDIA GPU and its driver")
         self.lib = lib
 
     def _check(self, status: int, what: str) -> None:
