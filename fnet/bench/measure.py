@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from ..metrics import velocity_offsets
+from ..runtime.backend_choice import cpu_model
 from ..runtime.errors import SpectrumReadError
 from ..runtime.heads import decode
 from ..runtime.inputs import iter_inputs
@@ -128,19 +129,8 @@ def machine_info() -> dict:
         usable = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         usable = os.cpu_count()
-    return {"cpu": _cpu_model(), "cores": os.cpu_count(), "cores_usable": usable, "gpu": _gpus(),
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "cores_usable": usable, "gpu": _gpus(),
             "platform": platform.platform(), "python": platform.python_version(), "libraries": _versions()}
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _gpus() -> list[str] | None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -49,15 +50,15 @@ def machine_key(device: str, threads: int | None) -> str:
     from .. import __version__ as fnet_version
 
     versions = [f"fnet={fnet_version}"]
-    for module in ("numpy", "scipy", "onnxruntime", "cupy"):
-        try:
-            versions.append(f"{module}={__import__(module).__version__}")
-        except Exception:
-            continue
-    return "|".join([_cpu_model(), f"cores={os.cpu_count()}", f"threads={threads or 0}", f"device={device}"] + versions)
+    for module in ("numpy", "scipy", "onnxruntime", "cupy"):  # those the two backends have loaded: nothing imported
+        version = getattr(sys.modules.get(module), "__version__", None)
+        if version:
+            versions.append(f"{module}={version}")
+    return "|".join([cpu_model(), f"cores={os.cpu_count()}", f"threads={threads or 0}", f"device={device}"] + versions)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo), else what platform knows."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

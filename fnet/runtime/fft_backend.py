@@ -138,10 +138,6 @@ class FftBackend(Backend):
         return [{name for name in node.inputs if name in made and name not in keep and last_use[name] == i}
                 if node.op_type in IN_PLACE_OPS else set() for i, node in enumerate(graph.nodes)]
 
-    def describe(self) -> str:
-        """The backend and how its convolutions run, e.g. fft[numpy+scipy.fft] (10 of 13 convolutions by FFT)."""
-        return self.name
-
     def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Model outputs for input x (n, npix), float32."""
         if len(x) == 0:  # outputs with no rows, shaped as the model makes them

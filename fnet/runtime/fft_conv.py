@@ -6,11 +6,11 @@ per-frequency channel mixing of ~n/2 complex multiply-adds per channel pair: ~2n
 whatever k is. For FNet's k=500 and k=200 layers that is 100-250x fewer operations; for k=15 still ~4x.
 
 Layout: activations stay in the ONNX layout (batch, channels, length); FFTs run along the contiguous
-last axis (2-3x faster than along a strided one, measured). The mixing needs the frequency axis first,
+last axis (faster than along a strided one in throwaway micro-benchmarks). The mixing needs the frequency axis first,
 so it runs over blocks of frequencies, each transposed while it is in cache, on worker threads.
 Complex products are done as real ones: a complex64 (B, c_in) row block viewed as float32 pairs times a
-real (2 c_in, 2 c_out) matrix [[re, im], [-im, re]] per frequency is one real batched GEMM, about twice as
-fast as numpy's complex matmul here (benchmarks/bench_fft.py --conv-rule shows the per-layer times).
+real (2 c_in, 2 c_out) matrix [[re, im], [-im, re]] per frequency is one real batched GEMM, which was
+faster than numpy's complex matmul in the same micro-benchmarks (OpenBLAS sgemm vs cgemm on small matrices).
 
 Which way each convolution runs is CONV_RULE: a cost model in seconds per unit of work (FFT points·log2,
 mixing pairs·frequencies, direct multiply-adds) whose constants were measured on the 2-core development
@@ -77,7 +77,7 @@ def _pocketfft_with_out() -> Any:
     """scipy's pocketfft binding, whose r2c/c2r write into a given array (scipy.fft itself always allocates).
 
     Why bother: every fresh output here is tens of MB, and in a VM each new page costs a fault; writing
-    into buffers kept between batches removed ~8000 page faults per batch of 32 (measured). The binding
+    into buffers kept between batches leaves no page faults after the first batch. The binding
     is private, so it is checked on a tiny transform and dropped (scipy.fft used) if it ever changes.
     """
     try:
