@@ -22,6 +22,8 @@ ALLOWED = {
     "cli": {"fnet", "runtime", "dataset", "simulate", "train", "export", "reproduce", "evaluate", "metrics"},
     # fnet-bench, a command beside cli.py: the runtime's backends, torch (train/export) only for --arch
     "bench": {"fnet", "cli", "runtime", "simulate", "metrics", "train", "export"},
+    # fnet-gpu-check runs the other commands in child processes: it imports only the runtime's helpers
+    "gpucheck": {"fnet", "runtime"},
 }
 
 

@@ -87,6 +87,8 @@ def torch_backend(model: torch.nn.Module, output: str, device: str, bf16: bool =
     """Torch eager on cpu or cuda: fp32 (TF32 off, so "fp32" means fp32 and it can be the parity reference) or bf16."""
     if threads:
         torch.set_num_threads(int(threads))
+    if device == "cuda":  # cuDNN autotuning: each batch shape's fastest kernels, found during the untimed warm-up
+        torch.backends.cudnn.benchmark = True
     if bf16:
         if device != "cuda":
             raise BackendUnavailable("torch-bf16 runs on CUDA only (torch sees no GPU, or --device cpu)")

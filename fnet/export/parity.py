@@ -40,6 +40,9 @@ class ParityReport:
     passed: bool = False
     n_nonfinite: int = 0  # spectra with a NaN/inf in the candidate's outputs: any one fails the check
     companions: dict = field(default_factory=dict)  # other backends checked on the same file: name -> ParityReport
+    # how the candidate's arithmetic was obtained: "cpu" (run here), "device:<GPU name>" (run on that GPU) or
+    # "emulated-fp16" (FP16 arithmetic emulated on the CPU, fnet.export.fp16_emulation); "" in older packages
+    arithmetic: str = ""
 
     def to_dict(self) -> dict:
         """JSON-ready form stored in the model package (fnet.parity)."""

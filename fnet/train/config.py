@@ -105,6 +105,9 @@ class TrainCfg:
     """Run length, batch, devices, checkpoints."""
 
     epochs: int = 100
+    # wall-clock budget of one invocation in minutes (None: none): the epoch under way stops at its next step
+    # once it is spent, is validated and saved, and the run ends (fnet-gpu-check trains within its budget so)
+    max_minutes: float | None = None
     steps_per_epoch: int | None = 1000  # None: one pass over the shards (source "shards" only)
     batch_size: int = 128
     seed: int = 1127802826  # the authors' notebook seed

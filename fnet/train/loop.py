@@ -241,9 +241,11 @@ def train(config: Config | str | Path, overrides: tuple[str, ...] | list[str] = 
              cfg.train.batch_size)
     _resume(run)
     show = _show_progress(cfg)
+    budget = cfg.train.max_minutes
+    deadline = time.perf_counter() + 60.0 * budget if budget is not None else None
     for epoch in range(run.start_epoch, cfg.train.epochs):
         epoch_source.set_epoch(epoch)
-        train_loss, n_seen, train_time, wait = _train_epoch(run, loader, epoch, steps, show)
+        train_loss, n_seen, train_time, wait = _train_epoch(run, loader, epoch, steps, show, deadline)
         tv = time.perf_counter()
         val_summaries, full_reports = {}, {}
         for vs in vsets:
@@ -272,6 +274,9 @@ def train(config: Config | str | Path, overrides: tuple[str, ...] | list[str] = 
         log.info(msg)
         if show:
             tqdm.write(msg)
+        if deadline is not None and time.perf_counter() >= deadline:
+            log.info("train.max_minutes=%g reached after epoch %d: stopping", budget, epoch + 1)
+            break
     best_path = run.ckpt_dir / "best.pt"
     return TrainResult(run.ckpt_dir, run.ckpt_dir / "last.pt", best_path if best_path.exists() else None,
                        run.best["metric"], run.best["value"], run.best["epoch"], run.history)
@@ -321,8 +326,9 @@ def _resume(run: _Run) -> None:
     log.info("resumed from %s at epoch %d", path, run.start_epoch)
 
 
-def _train_epoch(run: _Run, loader, epoch: int, steps: int, show: bool) -> tuple[float, int, float, float]:
-    """One pass of optimiser steps; returns (mean loss, spectra seen, seconds, seconds waiting for data)."""
+def _train_epoch(run: _Run, loader, epoch: int, steps: int, show: bool,
+                 deadline: float | None = None) -> tuple[float, int, float, float]:
+    """One pass of optimiser steps (cut short at the deadline); returns (mean loss, spectra, seconds, data wait s)."""
     cfg, t = run.cfg, run.cfg.train
     run.model.train()
     t0 = time.perf_counter()
@@ -353,6 +359,8 @@ def _train_epoch(run: _Run, loader, epoch: int, steps: int, show: bool) -> tuple
         bar.update(1)
         if show and n_batches % max(1, t.log_every // 5) == 0:
             bar.set_postfix(loss=f"{loss_sum / n_seen:.4g}")
+        if deadline is not None and time.perf_counter() >= deadline:
+            break  # the time budget is spent: this epoch ends here, is validated and saved
         t_wait = time.perf_counter()
     bar.close()
     return loss_sum / max(n_seen, 1), n_seen, time.perf_counter() - t0, wait
