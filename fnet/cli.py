@@ -30,7 +30,7 @@ def _fail_usage(message: str) -> None:
 
 
 def _load_package(model: str | None):
-    from .runtime.errors import ModelPackageError
+    from .runtime.errors import BackendUnavailable, ModelPackageError
     from .runtime.model_package import load_model_package
 
     path = Path(model) if model else default_model_path()
@@ -38,7 +38,7 @@ def _load_package(model: str | None):
         _fail_usage(f"no --model given and the embedded default model {path} is missing from this install")
     try:
         package = load_model_package(path)
-    except ModelPackageError as exc:
+    except (ModelPackageError, BackendUnavailable) as exc:  # a bad file, or no ONNX Runtime to read it with
         _fail_usage(str(exc))
     except (OSError, ValueError, RecursionError, MemoryError) as exc:
         _fail_usage(f"{path}: cannot load the model: {type(exc).__name__}: {exc}")

@@ -216,3 +216,12 @@ def test_real_validation_set_reads_shared_spectra():
     vs = real_set(data, data / "cat_for_clustering_plate3655.fits.gz", Grid(3.5522, 4e-4, 1155), NORM)
     assert vs.x.shape[1] == 1155 and len(vs.z) == vs.x.shape[0] >= 60
     assert np.isfinite(vs.x).all() and (vs.z > 0).all()
+
+
+def test_max_minutes_ends_the_run_after_the_epoch_under_way(tmp_path):
+    # a budget spent at the first step: that epoch stops there, is validated and saved, and no other starts
+    res = train(SMOKE, smoke_overrides(tmp_path, "train.epochs=5", "train.steps_per_epoch=50",
+                                       "train.max_minutes=0.000001"))
+    assert len(res.history) == 1
+    assert res.history[0]["train_spectra"] == 16  # one batch of 16, then the deadline
+    assert res.best_checkpoint is not None and res.best_checkpoint.is_file()

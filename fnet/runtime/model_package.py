@@ -210,7 +210,9 @@ def read_onnx_metadata(path: str | Path, data: bytes | None = None) -> dict[str,
 
 def _onnx_facts(path: Path, data: bytes) -> tuple[dict[str, str], dict[str, list], dict[str, list]]:
     """Metadata and the graph's input and output shapes, from an onnxruntime session over the file's bytes."""
-    import onnxruntime as ort
+    from .ort_install import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     try:
         options = ort.SessionOptions()
