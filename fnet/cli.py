@@ -67,9 +67,15 @@ def _load_package(model: str | None):
               help="continue a killed run from its progress file (OUTPUT.fnet-progress) instead of starting over")
 @click.option("--progress/--no-progress", default=None, help="progress bar [default: on when stderr is a terminal]")
 @click.option("--quiet", "-q", is_flag=True, help="no progress bar and no per-failure lines")
+@click.option("--priors", default=None, help="also write redrock's redshift-prior file (.fits, HDU PRIORS) from "
+              "the catalog: one row per good target (docs/catalog.md)")
+@click.option("--priors-flagged", type=click.Choice(["omit", "widen"]), default="omit", show_default=True,
+              help="rows with ZWARN bits: left out of the priors, or given a wide (30000 km/s) prior")
+@click.option("--priors-function", type=click.Choice(["gaussian", "lorentzien", "tophat"]), default="gaussian",
+              show_default=True, help="redrock's prior shape (its spelling)")
 @click.version_option(__version__, prog_name="fnet")
 def run_command(inputs, model, output, batch_size, device, backend, threads, read_workers, save_pdf, resume, progress,
-                quiet):
+                quiet, **priors):
     """Estimate quasar redshifts for spectra files and write a catalog.
 
     INPUTS are files, directories (searched recursively), @list.txt files or glob patterns; a name that
@@ -80,7 +86,7 @@ def run_command(inputs, model, output, batch_size, device, backend, threads, rea
 
     try:
         _run(inputs, model, output, batch_size, device, backend, threads, read_workers, save_pdf, resume, progress,
-             quiet)
+             quiet, priors)
     except KeyboardInterrupt:
         click.echo("fnet-run: interrupted; no catalog written. Finished inputs are kept: rerun with --resume "
                    "to continue", err=True)
@@ -93,7 +99,7 @@ def run_command(inputs, model, output, batch_size, device, backend, threads, rea
 
 
 def _run(inputs, model, output, batch_size, device, backend_name, threads, read_workers, save_pdf, resume, progress,
-         quiet):
+         quiet, priors):
     """fnet-run's work; every refusal before the run exits 2, a catalog that cannot be written exits 3."""
     import os
     from glob import escape as glob_escape
@@ -118,13 +124,20 @@ def _run(inputs, model, output, batch_size, device, backend_name, threads, read_
     if save_pdf and not suffix.startswith(".fit"):
         _fail_usage(f"--save-pdf: P(z) is stored as FITS HDUs; write a .fits catalog, not {suffix}")
     own_files = [output, *journal_paths(output)]
+    if priors["priors"]:  # redrock's prior file: checked now, written from the finished catalog
+        from .runtime.priors import check_priors_path, write_priors
+
+        try:
+            own_files.append(check_priors_path(priors["priors"], own_files))
+        except ValueError as exc:
+            _fail_usage(str(exc))
     out_real = {os.path.realpath(p) for p in own_files}
     # Inputs are expanded twice, as a stream (10^7 paths need not fit in memory): once here to check them
     # and fingerprint the run, once to run them.
     digest = InputsDigest()
     for item in iter_inputs(list(inputs), exclude=own_files):
         if os.path.realpath(item.path) in out_real:
-            _fail_usage(f"{item.path}: is both an input and the output (or its progress file); "
+            _fail_usage(f"{item.path}: is both an input and the output (or its progress or priors file); "
                         "refusing to overwrite an input")
         digest.add(item.path)
     try:
@@ -189,6 +202,14 @@ def _run(inputs, model, output, batch_size, device, backend_name, threads, read_
         click.echo(f"fnet-run: cannot write the catalog {output}: {exc.strerror or exc}. Every row is kept in "
                    f"{journal.path}: free the space (or fix the folder) and rerun with --resume to write it", err=True)
         sys.exit(EXIT_NO_CATALOG)
+    if priors["priors"]:
+        try:
+            click.echo(write_priors(written, priors["priors"], function=priors["priors_function"],
+                                    flagged=priors["priors_flagged"]).describe(), err=True)
+        except OSError as exc:  # the catalog is written; the journal stays so --resume writes both again
+            click.echo(f"fnet-run: cannot write the priors file {priors['priors']}: {exc.strerror or exc}; the "
+                       f"catalog {written} is written: rerun with --resume to write both", err=True)
+            sys.exit(EXIT_NO_CATALOG)
     journal.remove()
     rate = (journal.n_rows - rows_before) / seconds if seconds > 0 else float("nan")  # this session's rows
     click.echo(f"fnet-run: {summary.n_spectra} rows from {summary.n_inputs} inputs in {seconds:.1f} s "
@@ -215,6 +236,9 @@ def info_command(model):
     click.echo(f"normalise  {json.dumps(package.normalisation)}")
     click.echo(f"head       {json.dumps(package.head)}")
     click.echo(f"z range    {package.z_range[0]}-{package.z_range[1]}")
+    fp32_layers = package.metadata.get("fnet.fp32_layers")  # an FP16 package's layers kept in FP32 (its head)
+    click.echo(f"precision  {package.metadata.get('fnet.precision', 'fp32')}"
+               + (f", FP32 layers {fp32_layers}" if fp32_layers else ""))
     for key in ("training", "parity"):
         value = getattr(package, key)
         if value:

@@ -58,7 +58,7 @@ def test_the_documented_cat_one_liner_gives_the_same_file(tmp_path):
     payload = os.urandom(40_000)
     (folder / "model.onnx").write_bytes(payload)
     manifest = split_large(folder, limit=16_384, part_bytes=10_000)
-    subprocess.run(f"cat model.onnx.part* > joined", shell=True, cwd=folder, check=True)
+    subprocess.run("cat model.onnx.part* > joined", shell=True, cwd=folder, check=True)
     assert sha256_of(folder / "joined") == manifest["files"][0]["sha256"]
 
 
@@ -76,9 +76,12 @@ def test_cpu_dry_run_runs_every_step_at_toy_size_and_skips_gpu_backends_with_rea
         assert steps[name]["status"] == "ok", steps[name]
     assert steps["train"]["data"]["train_spectra"] > 0
     assert (out / "train" / "best.pt").is_file()
-    # FP32 and FP16 packages went through the gate; their reports are beside them
+    # FP32 and FP16 packages went through the gate; what passed is written with its report beside it. The toy
+    # network (8 steps) is meaningless, so its FP16 arithmetic may move a near-tied P(z) peak and be refused.
     packages = steps["export"]["data"]["packages"]
-    assert sorted(packages) == ["fnet-smoke-fp16.onnx", "fnet-smoke-fp32.onnx"]
+    assert "fnet-smoke-fp32.onnx" in packages and set(packages) <= {"fnet-smoke-fp16.onnx", "fnet-smoke-fp32.onnx"}
+    if "fnet-smoke-fp16.onnx" not in packages:
+        assert "FP16 arithmetic" in (out / "gpu-check.log").read_text()
     for name in packages:
         report = json.loads((out / "parity" / f"{name}.json").read_text())
         assert report["passed"] is True

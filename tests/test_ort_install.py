@@ -62,3 +62,24 @@ def test_tensorrt_major_mismatch_is_detected_from_the_provider_library(tmp_path)
 
 def test_cpu_onnxruntime_has_no_tensorrt_provider_library():
     assert ort_install.tensorrt_majors_needed() == []
+
+
+def test_backend_tensorrt_refuses_a_provider_that_needs_another_tensorrt_major(monkeypatch):
+    from fnet.runtime import backends
+    from fnet.runtime.model_package import load_model_package
+    from fnet.cli import default_model_path
+
+    monkeypatch.setattr(backends, "available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(backends, "tensorrt_provider_problem", lambda: "needs TensorRT 10 but tensorrt 11.1.0 is here")
+    with pytest.raises(BackendUnavailable, match="needs TensorRT 10 but tensorrt 11.1.0"):
+        backends.open_backend(load_model_package(default_model_path()), device="auto", backend="tensorrt")
+
+
+def test_missing_cuda_provider_message_adds_the_two_distributions_fix(monkeypatch):
+    from fnet.runtime import backends
+    from fnet.runtime.model_package import load_model_package
+    from fnet.cli import default_model_path
+
+    monkeypatch.setattr(backends, "install_problem", lambda: "two ONNX Runtime distributions are installed")
+    with pytest.raises(BackendUnavailable, match="no CUDAExecutionProvider.*two ONNX Runtime distributions"):
+        backends.open_backend(load_model_package(default_model_path()), device="cuda", backend="onnxruntime")

@@ -32,9 +32,13 @@ def test_reproduce_paper_pipeline_on_real_spectra(tmp_path):
     test_report = json.loads((work / "test_report.json").read_text())
     n_test = sum(s["count"] for s in manifest["shards"] if s["split"] == "test")
     assert test_report["n"] == n_test > 0  # rows not in the fake DR12Q, with a spectrum on disk
-    assert set(summary["exports"]) == {"onnx-fp32", "onnx-fp16", "fft-fp32"}
-    assert all(str(p).endswith(".onnx") for p in summary["exports"].values())
-    assert summary["exports"]["fft-fp32"] == summary["exports"]["onnx-fp32"]  # the same file, checked another way
+    exports = summary["exports"]
+    assert set(exports) == {"onnx-fp32", "onnx-fp16", "fft-fp32", "fp16-arithmetic"}
+    assert exports["onnx-fp32"].endswith(".onnx"), exports
+    assert exports["fft-fp32"] == exports["onnx-fp32"]  # the same file, checked another way
+    # two training steps leave the logits near ties: FP16 arithmetic (torch's own FP16 too) moves 2 of 256 peaks
+    # here, over the 0.5 % allowance; the FP16 package is then refused by that check, and says so
+    assert exports["onnx-fp16"].endswith(".onnx") or "FP16 arithmetic moves redshifts" in exports["onnx-fp16"], exports
     # a second run resumes: the dataset is reused and training finds its last checkpoint
     again = CliRunner().invoke(reproduce_command, args + ["--no-export"], catch_exceptions=False)
     assert again.exit_code == 0

@@ -43,6 +43,9 @@ class ParityReport:
     # how the candidate's arithmetic was obtained: "cpu" (run here), "device:<GPU name>" (run on that GPU) or
     # "emulated-fp16" (FP16 arithmetic emulated on the CPU, fnet.export.fp16_emulation); "" in older packages
     arithmetic: str = ""
+    # companions that are part of this verdict (`passed` is False when one failed): ["fp16-arithmetic"] for FP16
+    # packages; the others (fft) are recorded beside it and judged by the backend that reads them
+    gated_on: list = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready form stored in the model package (fnet.parity)."""
@@ -55,22 +58,31 @@ class ParityReport:
                 f"|dv| median {self.median_abs_dv_kms:.3g}, p99 {self.p99_abs_dv_kms:.3g}, "
                 f"max {self.max_abs_dv_kms:.3g} km/s; >6000 km/s: {self.frac_over.get('6000', 0):.2%}; "
                 f"max |output diff| {self.max_abs_output_diff:.3g}"
-                + (f"; {self.n_nonfinite} spectra with NaN/inf outputs" if self.n_nonfinite else ""))
+                + (f"; {self.n_nonfinite} spectra with NaN/inf outputs" if self.n_nonfinite else "")
+                + "".join(f"; with {name}: {'PASS' if _passed(self.companions.get(name)) else 'FAIL'}"
+                          for name in self.gated_on))
+
+
+def _passed(report: "ParityReport | dict | None") -> bool:
+    """A companion's verdict, whether a report or its stored dict; a missing one has not passed."""
+    return bool(report.passed if isinstance(report, ParityReport) else (report or {}).get("passed"))
 
 
 def compare_outputs(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], head: dict, *,
                     reference_name: str, candidate_name: str, tolerance: dict) -> ParityReport:
     """Decode both output sets with the model's head and compare the redshifts in velocity."""
     out = head["output"]
-    z_ref = decode(reference, head).z
-    z_cand = decode(candidate, head).z
-    dv = np.abs(velocity_offsets(z_cand, z_ref))
-    diff = float(np.max(np.abs(reference[out].astype(np.float64) - candidate[out].astype(np.float64))))
-    frac = {str(t): float(np.mean(dv > t)) for t in (10, 100, 1000, 6000)}
-    report = ParityReport(reference=reference_name, candidate=candidate_name, n_spectra=int(dv.size),
-                          max_abs_output_diff=diff, median_abs_dv_kms=float(np.median(dv)),
-                          p99_abs_dv_kms=float(np.percentile(dv, 99)), max_abs_dv_kms=float(dv.max()),
-                          frac_over=frac, tolerance=dict(tolerance))
+    # inf/NaN candidates (an overflowing FP16 network) give inf/NaN statistics: n_nonfinite below refuses them
+    with np.errstate(invalid="ignore", over="ignore"):
+        z_ref = decode(reference, head).z
+        z_cand = decode(candidate, head).z
+        dv = np.abs(velocity_offsets(z_cand, z_ref))
+        diff = float(np.max(np.abs(reference[out].astype(np.float64) - candidate[out].astype(np.float64))))
+        frac = {str(t): float(np.mean(dv > t)) for t in (10, 100, 1000, 6000)}
+        report = ParityReport(reference=reference_name, candidate=candidate_name, n_spectra=int(dv.size),
+                              max_abs_output_diff=diff, median_abs_dv_kms=float(np.median(dv)),
+                              p99_abs_dv_kms=float(np.percentile(dv, 99)), max_abs_dv_kms=float(dv.max()),
+                              frac_over=frac, tolerance=dict(tolerance))
     # a NaN/inf output is a broken artefact whatever the head's clipping makes of it (an overflowing FP16 engine
     # would otherwise count as one row over 6000 km/s, under the FP16 gate's allowance)
     values = np.asarray(candidate[out], dtype=np.float64).reshape(len(candidate[out]), -1)

@@ -30,6 +30,18 @@ class ExportResult:
     error: str | None = None
 
 
+def _arithmetic_line(report: ParityReport, path: Path | None) -> list[ExportResult]:
+    """The FP16 arithmetic check of an FP16 package as its own line (none for FP32 packages)."""
+    arithmetic = report.companions.get("fp16-arithmetic")
+    if arithmetic is None:
+        return []
+    error = None
+    if not arithmetic.passed:
+        error = (f"{path}: written with --force, but its FP16 arithmetic fails: a GPU's redshifts are not vouched for"
+                 if path else "FP16 arithmetic fails: the FP16 package is not written")
+    return [ExportResult("fp16-arithmetic", path, arithmetic, error)]
+
+
 def parity_inputs(grid: Grid, normalisation: dict, spectra: Sequence[str] = (), n_simulated: int = 256,
                   seed: int = 12345) -> tuple[np.ndarray, list[str]]:
     """Network inputs for the parity check: real spectra files (any format) plus simulated quasars."""
@@ -84,22 +96,26 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, precisions
                 results.append(ExportResult("fft-fp32", path if fft_report.passed else None, fft_report,
                                             None if fft_report.passed else
                                             f"{path}: written, but --backend fft will refuse it"))
+            results.extend(_arithmetic_line(report, path))
         except ExportParityError as exc:
             results.append(ExportResult(f"onnx-{precision}", None, exc.report, str(exc)))
+            results.extend(_arithmetic_line(exc.report, None))
         except Exception as exc:  # noqa: BLE001  an artefact that cannot be built: reported, the others still built
             results.append(ExportResult(f"onnx-{precision}", None, None, f"{path}: not built: {type(exc).__name__}: {exc}"))
     if tensorrt:
         from .tensorrt_build import build_engine
 
-        for res in [r for r in results if r.path is not None]:
-            fp16 = res.kind.endswith("fp16")
-            engine = res.path.with_suffix(".engine")
+        # one engine per written ONNX package: the other lines (fft-fp32, fp16-arithmetic) name the same files
+        for res in [r for r in results if r.path is not None and r.kind.startswith("onnx-")]:
+            precision = res.kind.split("-", 1)[1]
+            kind, engine = f"tensorrt-{precision}", res.path.with_suffix(".engine")
             try:
-                report = build_engine(res.path, engine, x, fp16=fp16, max_batch=max_batch, force=force)
-                results.append(ExportResult(f"tensorrt-{'fp16' if fp16 else 'fp32'}", engine, report))
+                # gated against the float64 PyTorch network, like the ONNX packages (not ONNX Runtime on the file)
+                report = build_engine(res.path, engine, x, fp16=precision == "fp16", max_batch=max_batch, force=force,
+                                      reference_outputs=reference, reference_name="torch-fp64")
+                results.append(ExportResult(kind, engine, report))
             except ExportParityError as exc:
-                results.append(ExportResult(f"tensorrt-{'fp16' if fp16 else 'fp32'}", None, exc.report, str(exc)))
-            except Exception as exc:  # noqa: BLE001  parse/build failure: this engine only, with the reason
-                results.append(ExportResult(f"tensorrt-{'fp16' if fp16 else 'fp32'}", None, None,
-                                            f"{engine}: not built: {type(exc).__name__}: {exc}"))
+                results.append(ExportResult(kind, None, exc.report, str(exc)))
+            except Exception as exc:  # noqa: BLE001  parse/build/precision failure: this engine only, with the reason
+                results.append(ExportResult(kind, None, None, f"{engine}: not built: {type(exc).__name__}: {exc}"))
     return results

@@ -2,18 +2,18 @@
 
 Every backend takes the normalised batch (n, npix) float32 and returns the model's outputs
 by name. Which output means what is the head's business (fnet.runtime.heads), not the backend's.
+The TensorRT engine backend and its CUDA runtime calls live in fnet.runtime.tensorrt_engine.
 """
 
 from __future__ import annotations
 
-import ctypes
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 import numpy as np
 
 from .errors import BackendUnavailable
 from .model_package import ModelPackage
+from .ort_install import install_problem, tensorrt_provider_problem
 
 DEVICES = ("auto", "cpu", "cuda", "tensorrt")
 # ONNX Runtime is fed batches of exactly this many spectra (the last one zero-padded). Its CPU kernels
@@ -81,8 +81,9 @@ class OnnxRuntimeBackend(Backend):
     """ONNX Runtime session with a chosen list of execution providers."""
 
     def __init__(self, package: ModelPackage, providers: list, threads: int | None = None):
-        import onnxruntime as ort
+        from .ort_install import import_onnxruntime
 
+        ort = import_onnxruntime()
         names = [p if isinstance(p, str) else p[0] for p in providers]
         if any(n in GPU_PROVIDERS for n in names) and hasattr(ort, "preload_dlls"):
             try:  # CUDA/cuDNN from pip wheels (nvidia-*) are found only once loaded this way (ORT >= 1.21)
@@ -119,135 +120,23 @@ class OnnxRuntimeBackend(Backend):
                 for k, name in enumerate(self.output_names)}
 
 
-class TensorRTEngineBackend(Backend):
-    """A serialized TensorRT engine run through the tensorrt Python API and the CUDA runtime library."""
+def __getattr__(name: str):
+    """TensorRTEngineBackend and CudaRuntime, still importable from here (they moved to tensorrt_engine).
 
-    def __init__(self, package: ModelPackage):
-        try:
-            import tensorrt as trt
-        except ImportError:
-            raise BackendUnavailable(f"{package.path}: a TensorRT engine needs the tensorrt package "
-                                     "(pip install 'fnet-qso[gpu]') and an NVIDIA GPU") from None
-        self._cuda = CudaRuntime()
-        logger = trt.Logger(trt.Logger.WARNING)
-        self.engine = trt.Runtime(logger).deserialize_cuda_engine(Path(package.path).read_bytes())
-        if self.engine is None:
-            raise BackendUnavailable(f"{package.path}: TensorRT could not deserialize the engine "
-                                     "(built for another TensorRT version or GPU?)")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        self.input_name = package.input_name
-        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self._trt = trt
-        # The optimisation profile fixes the largest batch; bigger batches are run in slices.
-        self.max_batch = int(self.engine.get_tensor_profile_shape(self.input_name, 0)[2][0])
-        self.name = f"tensorrt-engine[{trt.__version__}]"
+    Lazily: tensorrt_engine subclasses this module's Backend, so importing it at the top would be circular.
+    """
+    if name in ("TensorRTEngineBackend", "CudaRuntime"):
+        from . import tensorrt_engine
 
-    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Run the engine, in slices of at most the profile's largest batch."""
-        if len(x) == 0:  # outputs with no rows, shaped as the engine makes them
-            return {k: v[:0] for k, v in self._run_slice(np.zeros((1, x.shape[1]), np.float32)).items()}
-        parts = [self._run_slice(x[i:i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
-        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
-
-    def _run_slice(self, x: np.ndarray) -> dict[str, np.ndarray]:
-        """Copy the batch to the GPU, execute the engine, copy every output back."""
-        trt, cuda = self._trt, self._cuda
-        host_in = np.ascontiguousarray(x[:, None, :], dtype=np.float32)
-        if not self.context.set_input_shape(self.input_name, host_in.shape):
-            raise RuntimeError(f"TensorRT engine rejects input shape {host_in.shape} (built for another grid?)")
-        buffers, outputs = [], {}
-        try:
-            d_in = cuda.malloc(host_in.nbytes)
-            buffers.append(d_in)
-            cuda.to_device(d_in, host_in)
-            self.context.set_tensor_address(self.input_name, d_in)
-            for name in self.output_names:
-                shape = tuple(self.context.get_tensor_shape(name))
-                dtype = trt.nptype(self.engine.get_tensor_dtype(name))
-                outputs[name] = np.empty(shape, dtype=dtype)
-                d_out = cuda.malloc(outputs[name].nbytes)
-                buffers.append(d_out)
-                self.context.set_tensor_address(name, d_out)
-            if not self.context.execute_async_v3(0):
-                raise RuntimeError("TensorRT execution failed")
-            cuda.synchronize()
-            for name, d_out in zip(self.output_names, buffers[1:]):
-                cuda.from_device(outputs[name], d_out)
-        finally:
-            for ptr in buffers:
-                cuda.free(ptr)
-        return {k: v.astype(np.float32) for k, v in outputs.items()}
-
-
-class CudaRuntime:
-    """The few libcudart calls an engine needs, through ctypes (no pycuda/cuda-python dependency)."""
-
-    _H2D, _D2H = 1, 2
-
-    def __init__(self):
-        lib = None
-        for name in _cudart_candidates():
-            try:
-                lib = ctypes.CDLL(name)
-                break
-            except OSError:
-                continue
-        if lib is None:
-            raise BackendUnavailable("CUDA runtime library (libcudart) not found: a TensorRT engine needs a GPU")
-        # the library loading proves only that CUDA wheels are installed; ask it whether a GPU answers
-        count = ctypes.c_int(0)
-        status = lib.cudaGetDeviceCount(ctypes.byref(count))
-        if status != 0 or count.value < 1:
-            raise BackendUnavailable(f"CUDA runtime found but no usable GPU (cudaGetDeviceCount: error {status}, "
-                                     f"{count.value} devices): a TensorRT engine needs an NVIDIA GPU and its driver")
-        self.lib = lib
-
-    def _check(self, status: int, what: str) -> None:
-        if status != 0:
-            raise RuntimeError(f"CUDA {what} failed with error {status}")
-
-    def malloc(self, nbytes: int) -> int:
-        ptr = ctypes.c_void_p()
-        self._check(self.lib.cudaMalloc(ctypes.byref(ptr), ctypes.c_size_t(max(nbytes, 1))), "cudaMalloc")
-        return ptr.value
-
-    def free(self, ptr: int) -> None:
-        self.lib.cudaFree(ctypes.c_void_p(ptr))
-
-    def to_device(self, dst: int, src: np.ndarray) -> None:
-        self._check(self.lib.cudaMemcpy(ctypes.c_void_p(dst), src.ctypes.data_as(ctypes.c_void_p),
-                                        ctypes.c_size_t(src.nbytes), self._H2D), "cudaMemcpy H2D")
-
-    def from_device(self, dst: np.ndarray, src: int) -> None:
-        self._check(self.lib.cudaMemcpy(dst.ctypes.data_as(ctypes.c_void_p), ctypes.c_void_p(src),
-                                        ctypes.c_size_t(dst.nbytes), self._D2H), "cudaMemcpy D2H")
-
-    def synchronize(self) -> None:
-        self._check(self.lib.cudaDeviceSynchronize(), "cudaDeviceSynchronize")
-
-
-def _cudart_candidates() -> list[str]:
-    """libcudart names for the system loader, then the copies pip's nvidia-cuda-runtime wheels install."""
-    import glob
-    import importlib.util
-
-    names = ["libcudart.so", "libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0"]
-    for module in ("nvidia.cuda_runtime", "nvidia.cu13", "nvidia.cu12"):
-        try:
-            spec = importlib.util.find_spec(module)
-        except (ImportError, ValueError):
-            continue
-        for root in (spec.submodule_search_locations or []) if spec else []:
-            names += sorted(glob.glob(f"{root}/lib/libcudart.so*"))
-    return names
+        return getattr(tensorrt_engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def available_providers() -> list[str]:
     """Execution providers this onnxruntime build offers."""
-    import onnxruntime as ort
+    from .ort_install import import_onnxruntime
 
-    return list(ort.get_available_providers())
+    return list(import_onnxruntime().get_available_providers())
 
 
 BACKENDS = ("auto", "onnxruntime", "fft", "tensorrt")
@@ -288,19 +177,25 @@ def open_backend(package: ModelPackage, device: str = "auto", threads: int | Non
     if package.is_engine:
         if device not in ("auto", "tensorrt"):
             raise BackendUnavailable(f"{package.path} is a TensorRT engine; it runs only with --device tensorrt/auto")
+        from .tensorrt_engine import TensorRTEngineBackend
+
         return TensorRTEngineBackend(package)
     have = available_providers()
     if device == "tensorrt":
         if "TensorrtExecutionProvider" not in have:
             raise BackendUnavailable("--backend tensorrt: this onnxruntime has no TensorrtExecutionProvider "
-                                     "(pip install 'fnet-qso[gpu]'), or pass a .engine built by fnet-export")
+                                     "(pip install 'fnet-qso[gpu]'), or pass a .engine built by fnet-export"
+                                     + _install_note())
+        mismatch = tensorrt_provider_problem()
+        if mismatch:  # the provider would fail to load libnvinfer later, with a message naming only the library
+            raise BackendUnavailable(f"--backend tensorrt: {mismatch}")
         return _checked(OnnxRuntimeBackend(package, ["TensorrtExecutionProvider", "CUDAExecutionProvider",
                                                      "CPUExecutionProvider"], threads), "TensorrtExecutionProvider")
     ort, ort_device = None, "cpu"
     if device == "cuda":
         if "CUDAExecutionProvider" not in have:
             raise BackendUnavailable("--device cuda: this onnxruntime has no CUDAExecutionProvider "
-                                     "(pip install 'fnet-qso[gpu]' on a machine with an NVIDIA GPU)")
+                                     "(pip install 'fnet-qso[gpu]' on a machine with an NVIDIA GPU)" + _install_note())
         ort = _checked(OnnxRuntimeBackend(package, ["CUDAExecutionProvider", "CPUExecutionProvider"], threads),
                        "CUDAExecutionProvider")
         ort_device = "cuda"
@@ -318,6 +213,12 @@ def open_backend(package: ModelPackage, device: str = "auto", threads: int | Non
     from .backend_choice import choose
 
     return choose(package, ort, ort_device, threads)
+
+
+def _install_note() -> str:
+    """'; <why>' when two ONNX Runtime distributions are installed (the usual reason a GPU provider is missing)."""
+    problem = install_problem()
+    return f"; {problem}" if problem else ""
 
 
 def _checked(backend: OnnxRuntimeBackend, provider: str) -> OnnxRuntimeBackend:
