@@ -29,6 +29,14 @@ def _fail_usage(message: str) -> None:
     sys.exit(EXIT_USAGE)
 
 
+def provider_parity(package, backend) -> dict | None:
+    """The export's parity record for the ONNX Runtime GPU provider this backend runs on, if it recorded one."""
+    providers = getattr(backend, "providers", None) or []
+    name = ("onnxruntime-tensorrt" if "TensorrtExecutionProvider" in providers else
+            "onnxruntime-cuda" if "CUDAExecutionProvider" in providers else None)
+    return (package.parity.get("companions") or {}).get(name) if name else None
+
+
 def _load_package(model: str | None):
     from .runtime.errors import BackendUnavailable, ModelPackageError
     from .runtime.model_package import load_model_package
@@ -147,6 +155,11 @@ def _run(inputs, model, output, batch_size, device, backend_name, threads, read_
     if package.parity.get("passed") is False:
         click.echo(f"fnet-run: WARNING: {package.path} failed its parity check at export (written with --force): "
                    "its redshifts are not vouched for; the catalog header says PARITY = FAIL", err=True)
+    checked = provider_parity(package, backend)
+    if checked is not None and not checked.get("passed", True):
+        click.echo(f"fnet-run: WARNING: {backend.describe()} failed this package's parity check at export "
+                   f"({checked.get('candidate')}: max |dv| {checked.get('max_abs_dv_kms', float('nan')):.3g} km/s): "
+                   "use --device cpu or --backend tensorrt with an engine built by fnet-export", err=True)
     choice = getattr(backend, "choice", None)
     if choice:  # --backend auto measured (or remembered) which backend is faster for this model here
         times = ", ".join(f"{k} {v:.3g} s" for k, v in sorted(choice["seconds_per_batch"].items()))

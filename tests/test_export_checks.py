@@ -172,3 +172,44 @@ def test_cuda_libraries_without_a_gpu_are_a_clean_refusal(monkeypatch):
         return
     ok, why = tensorrt_available()
     assert not ok and "no usable GPU" in why
+
+
+def test_onnxruntime_gpu_providers_are_parity_checked_at_export_and_a_failure_warned_at_run(tmp_path, monkeypatch):
+    torch = pytest.importorskip("torch")
+    from fnet.cli import provider_parity
+    from fnet.export import onnx_export
+    from fnet.export.pipeline import export_checkpoint
+    from fnet.runtime.backends import OnnxRuntimeBackend
+    from fnet.runtime.grid import Grid
+    from fnet.train.model import build_model
+    from fnet.export import pipeline
+
+    grid = Grid(3.5522, 8e-4, 578)
+    torch.manual_seed(0)
+    net = build_model("tiny", HEAD, grid).eval()
+    meta = {"name": "tiny", "arch": "tiny", "grid": grid.to_dict(), "normalisation": {"scheme": "ivar_unit_norm"},
+            "head": dict(HEAD), "z_range": [0.0, 7.0], "training": {}}
+    monkeypatch.setattr(pipeline, "load_model", lambda path: (net, dict(meta)))
+
+    class Shifted(OnnxRuntimeBackend):  # stands in for a GPU provider whose arithmetic moves every redshift
+        def run(self, x):
+            return {k: v + 0.01 for k, v in super().run(x).items()}
+
+    def stand_in(package, threads=None):  # what a machine with CUDA and TensorRT providers would open
+        return [("onnxruntime-cuda", OnnxRuntimeBackend(package, ["CPUExecutionProvider"])),
+                ("onnxruntime-tensorrt", Shifted(package, ["CPUExecutionProvider"]))]
+    monkeypatch.setattr(onnx_export, "gpu_provider_backends", stand_in)
+    [result] = [r for r in export_checkpoint(tmp_path / "x.pt", tmp_path / "out", n_simulated=16, fft=False)
+                if r.kind == "onnx-fp32"]
+    assert result.path is not None  # recorded, not gating: the package serves CPUs either way
+    companions = load_model_package(result.path).parity["companions"]
+    assert companions["onnxruntime-cuda"]["passed"] and companions["onnxruntime-cuda"]["arithmetic"] == "device:cuda"
+    assert not companions["onnxruntime-tensorrt"]["passed"]
+    package = load_model_package(result.path)
+
+    class OnProvider:  # what fnet-run checks: the providers of the session it opened
+        def __init__(self, providers):
+            self.providers = providers
+    assert provider_parity(package, OnProvider(["TensorrtExecutionProvider", "CPUExecutionProvider"]))["passed"] is False
+    assert provider_parity(package, OnProvider(["CUDAExecutionProvider", "CPUExecutionProvider"]))["passed"] is True
+    assert provider_parity(package, OnProvider(["CPUExecutionProvider"])) is None

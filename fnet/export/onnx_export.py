@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from ..runtime.atomic import atomic_path
-from ..runtime.backends import OnnxRuntimeBackend, run_in_batches
+from ..runtime.backends import OnnxRuntimeBackend, available_providers, open_backend, run_in_batches
 from ..runtime.model_package import ModelPackage
 from ..runtime.onnx_wire import stamp_integrity
 from ..train.evaluate_torch import reference_outputs as torch_reference
@@ -160,5 +160,30 @@ def export_onnx(model: nn.Module, info: PackageInfo, out_path: str | Path, parit
                 reference_outputs, run_in_batches(fft.run, parity_x, 32), info.head, reference_name="torch-fp64",
                 candidate_name=fft.describe(), tolerance=TOLERANCES["fft-fp32"])
             report.companions["fft"].arithmetic = "cpu"
+        for name, gpu in gpu_provider_backends(package, threads):
+            # ONNX Runtime's GPU providers run the same file another way (cuDNN, TensorRT tactics): recorded per
+            # provider, so fnet-run can warn when the provider it uses failed here
+            report.companions[name] = compare_outputs(
+                reference_outputs, run_in_batches(gpu.run, parity_x), info.head, reference_name="torch-fp64",
+                candidate_name=gpu.describe(), tolerance=tolerance)
+            report.companions[name].arithmetic = "device:cuda"
         set_metadata(tmp, package_metadata(info, precision, model, parity=report.to_dict()))
     return report
+
+
+GPU_PROVIDER_CHECKS = {"onnxruntime-cuda": "cuda", "onnxruntime-tensorrt": "tensorrt"}
+
+
+def gpu_provider_backends(package: ModelPackage, threads: int | None = None) -> list[tuple[str, object]]:
+    """ONNX Runtime sessions on each GPU provider this machine can start, by companion name (none without a GPU)."""
+    have = available_providers()
+    wanted = {"onnxruntime-cuda": "CUDAExecutionProvider", "onnxruntime-tensorrt": "TensorrtExecutionProvider"}
+    backends = []
+    for name, device in GPU_PROVIDER_CHECKS.items():
+        if wanted[name] not in have:
+            continue
+        try:
+            backends.append((name, open_backend(package, device=device, threads=threads, backend="onnxruntime")))
+        except BackendUnavailable:  # installed but no GPU answers: nothing to check here
+            continue
+    return backends
