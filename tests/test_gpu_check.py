@@ -100,3 +100,16 @@ def test_cpu_dry_run_runs_every_step_at_toy_size_and_skips_gpu_backends_with_rea
     assert set(listed) == {p.relative_to(out).as_posix() for p in files}
     assert all(sha256_of(out / path) == digest for path, digest in listed.items())
     assert "train: ok" in (out / "gpu-check.log").read_text()
+
+
+def test_a_step_whose_modules_are_missing_is_skipped_with_their_names(tmp_path, monkeypatch):
+    from fnet.gpucheck import job
+
+    real = job.find_spec
+    monkeypatch.setattr(job, "find_spec", lambda name: None if name == "onnx" else real(name))
+    check = job.GpuCheck(tmp_path / "out", 1.0, log=lambda line: None,
+                         env={"cpu_cores": 2, "cuda": False, "tensorrt": None})
+    (tmp_path / "out").mkdir()
+    result = check._step("export", lambda: job.StepResult("export", "ok"))
+    assert result.status == "skipped" and "onnx" in result.detail
+    assert check._step("bench-model", lambda: job.StepResult("bench-model", "ok")).status == "ok"

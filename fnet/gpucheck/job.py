@@ -26,6 +26,12 @@ from .parts import split_large
 COMMANDS = {"train": "train_command", "export": "export_command", "bench": "bench_command", "eval": "eval_command"}
 GPU_BACKENDS = ("torch", "torch-bf16", "onnxruntime-cuda", "onnxruntime-tensorrt", "fft-cupy", "tensorrt-engine")
 CPU_BACKENDS = ("torch", "onnxruntime-cpu", "fft-numpy")
+# What each step's command imports: a lent GPU machine may lack some (it has torch and CuPy, perhaps little else),
+# and a step that cannot start is skipped with the missing modules named rather than failing on an ImportError.
+BASE_MODULES = ("numpy", "astropy", "click", "tqdm")
+STEP_MODULES = {"train": ("torch", "yaml"), "export": ("torch", "onnx", "onnxruntime"),
+                "bench-arch": ("torch", "onnx", "onnxruntime"), "bench-model": ("onnxruntime",),
+                "evaluate": ("onnxruntime", "matplotlib", "scipy")}
 # Share of the budget per step on a GPU (the rest is slack for start-up, validation and packing).
 SHARES = {"train": 0.55, "export": 0.14, "bench-arch": 0.12, "bench-model": 0.08, "evaluate": 0.03}
 PACK_RESERVE_S = 20.0
@@ -75,6 +81,7 @@ def environment() -> dict:
                        gpu_memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1))
     for module in ("cupy", "tensorrt", "onnxruntime"):
         env[module] = _version_of(module)
+    env["missing_modules"] = {step: missing for step in STEP_MODULES if (missing := missing_modules(step))}
     if env["onnxruntime"]:
         import onnxruntime
 
@@ -298,6 +305,9 @@ class GpuCheck:
 
     def _step(self, name: str, fn: Callable[[], StepResult]) -> StepResult:
         """Run a step and record its result (a crash is the step's failure; the job goes on)."""
+        missing = missing_modules(name)
+        if missing:
+            return self._skip(name, f"needs the Python modules {', '.join(missing)}, not importable here")
         t0 = time.monotonic()
         try:
             result = fn()
@@ -313,6 +323,11 @@ class GpuCheck:
         self.steps.append(result)
         self.log(f"{name}: skipped: {why}")
         return result
+
+
+def missing_modules(step: str) -> list[str]:
+    """The modules a step's command needs that this Python cannot find."""
+    return [m for m in BASE_MODULES + STEP_MODULES.get(step, ()) if find_spec(m) is None]
 
 
 def _read_json(path: Path):
