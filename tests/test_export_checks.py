@@ -41,9 +41,9 @@ def test_empty_batches_give_empty_outputs_of_the_right_shape():
         assert out["logits"].shape == (0, package.head["nbins"]) and out["logits"].dtype == np.float32
 
 
-def test_an_artefact_that_cannot_be_built_is_reported_and_exit_code_3(tmp_path, monkeypatch):
+def _tiny_checkpoint(monkeypatch) -> None:
+    """Make export_checkpoint load a seeded untrained `tiny` network whatever checkpoint path it is given."""
     torch = pytest.importorskip("torch")
-    from fnet.cli import export_command
     from fnet.export import pipeline
     from fnet.runtime.grid import Grid
     from fnet.train.model import build_model
@@ -54,6 +54,13 @@ def test_an_artefact_that_cannot_be_built_is_reported_and_exit_code_3(tmp_path, 
     meta = {"name": "tiny", "arch": "tiny", "grid": grid.to_dict(), "normalisation": {"scheme": "ivar_unit_norm"},
             "head": dict(HEAD), "z_range": [0.0, 7.0], "training": {}}
     monkeypatch.setattr(pipeline, "load_model", lambda path: (net, dict(meta)))
+
+
+def test_an_artefact_that_cannot_be_built_is_reported_and_exit_code_3(tmp_path, monkeypatch):
+    from fnet.cli import export_command
+    from fnet.export import pipeline
+
+    _tiny_checkpoint(monkeypatch)
     real = pipeline.export_onnx
 
     def broken(model, info, path, *args, precision="fp32", **kwargs):
@@ -175,21 +182,11 @@ def test_cuda_libraries_without_a_gpu_are_a_clean_refusal(monkeypatch):
 
 
 def test_onnxruntime_gpu_providers_are_parity_checked_at_export_and_a_failure_warned_at_run(tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch")
+    _tiny_checkpoint(monkeypatch)
     from fnet.cli import provider_parity
     from fnet.export import onnx_export
     from fnet.export.pipeline import export_checkpoint
     from fnet.runtime.backends import OnnxRuntimeBackend
-    from fnet.runtime.grid import Grid
-    from fnet.train.model import build_model
-    from fnet.export import pipeline
-
-    grid = Grid(3.5522, 8e-4, 578)
-    torch.manual_seed(0)
-    net = build_model("tiny", HEAD, grid).eval()
-    meta = {"name": "tiny", "arch": "tiny", "grid": grid.to_dict(), "normalisation": {"scheme": "ivar_unit_norm"},
-            "head": dict(HEAD), "z_range": [0.0, 7.0], "training": {}}
-    monkeypatch.setattr(pipeline, "load_model", lambda path: (net, dict(meta)))
 
     class Shifted(OnnxRuntimeBackend):  # stands in for a GPU provider whose arithmetic moves every redshift
         def run(self, x):
