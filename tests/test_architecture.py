@@ -24,6 +24,7 @@ ALLOWED = {
     "bench": {"fnet", "cli", "runtime", "simulate", "metrics", "train", "export"},
     # fnet-gpu-check runs the other commands in child processes: it imports only the runtime's helpers
     "gpucheck": {"fnet", "runtime"},
+    "report": {"runtime"},  # fnet-report: a torch-free page from a catalog, re-reading spectra
 }
 
 

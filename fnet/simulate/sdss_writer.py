@@ -36,13 +36,15 @@ def write_spec_fits(
     dec: float,
     z_true: float | None = None,
     extra: dict[str, Any] | None = None,
+    spec_class: str = "QSO",
 ) -> Path:
     """Write one BOSS spec file (path = file, or a folder to put spec-PLATE-MJD-FIBER.fits in); returns its path.
 
     HDU0 empty with PLATEID/MJD/FIBERID/PLUG_RA/PLUG_DEC; HDU1 COADD with lowercase flux, loglam, ivar, and_mask,
     or_mask, wdisp, sky, model (float32/int32 as BOSS); HDU2 SPALL with PLATE, MJD, FIBERID, PLUG_RA, PLUG_DEC,
-    CLASS='QSO' and Z = the simulation's TRUE redshift (NaN if not given). extra: arrays named or_mask, wdisp, sky,
-    model fill those COADD columns (defaults: and_mask, 1 pixel, 0, 0); other scalar entries become SPALL columns.
+    CLASS = spec_class (default 'QSO'; the simulated class for mixed sets) and Z = the simulation's TRUE redshift
+    (NaN if not given). extra: arrays named or_mask, wdisp, sky, model fill those COADD columns (defaults:
+    and_mask, 1 pixel, 0, 0); other scalar entries become SPALL columns.
     """
     path = Path(path)
     if path.is_dir() or path.suffix.lower() not in (".fits", ".fit"):
@@ -94,7 +96,7 @@ def write_spec_fits(
         fits.Column("FIBERID", "J", array=np.array([fiberid], np.int32)),
         fits.Column("PLUG_RA", "D", array=np.array([ra], np.float64)),
         fits.Column("PLUG_DEC", "D", array=np.array([dec], np.float64)),
-        fits.Column("CLASS", "6A", array=np.array(["QSO"])),
+        fits.Column("CLASS", "6A", array=np.array([str(spec_class)])),
         fits.Column("Z", "E", array=np.array([z], np.float32)),
     ]
     for key, value in extra.items():
@@ -129,21 +131,37 @@ def write_simulated_set(
     plate: int = 15000,
     mjd: int = 61000,
     config=None,
+    mix: dict | None = None,
 ) -> Path:
     """Simulate n quasars, write n spec files (each trimmed to its observed window) and a truth catalog.
 
     Files: out_dir/spec-PLATE-MJD-FIBER.fits (fibers 1-1000 per plate, plates from `plate` on) and
     out_dir/truth.fits (HDU TRUTH: PLATE, MJD, FIBERID, Z, FILENAME, SOURCE, SNR, MAG, BAL, N_DLA). Returns the
     catalog path.
+
+    mix: None (quasars only, as always), or SpectrumMixSimulator options (e.g. {} for the default class mix,
+    {"mix": {"QSO": 0.5, "STAR": 0.5}}): then source/config set its quasar part, each file's SPALL CLASS is the
+    simulated class (QSO/STAR/GALAXY) with SIM_SUBTYPE, and the truth table gains SPECTYPE, SUBTYPE and HOST_FRAC.
     """
+    from dataclasses import asdict, is_dataclass
+
     from fnet.simulate.simulator import QuasarSimulator
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    sim = QuasarSimulator(source=source, data_dir=data_dir, seed=seed, config=config)
+    if mix is None:
+        sim = QuasarSimulator(source=source, data_dir=data_dir, seed=seed, config=config)
+    else:
+        from fnet.simulate.mixture import SpectrumMixSimulator
+
+        qcfg = asdict(config) if is_dataclass(config) else dict(config or {})
+        options = {"quasar_source": source, "quasar": qcfg, **dict(mix)}
+        sim = SpectrumMixSimulator(data_dir=data_dir, seed=seed, **options)
     rng = np.random.default_rng([seed, 1])
     zs = None if z is None else np.broadcast_to(np.asarray(z, dtype=np.float64), (n,))
     keys = ("PLATE", "MJD", "FIBERID", "Z", "FILENAME", "SOURCE", "SNR", "MAG", "BAL", "N_DLA")
+    if mix is not None:
+        keys += ("SPECTYPE", "SUBTYPE", "HOST_FRAC")
     rows: dict[str, list] = {k: [] for k in keys}
     done = 0
     while done < n:
@@ -153,6 +171,10 @@ def write_simulated_set(
         dec = np.degrees(np.arcsin(rng.uniform(-0.3, 1.0, size)))
         for i in range(size):
             index = done + i
+            mixed = {}
+            if mix is not None:
+                mixed = {"SPECTYPE": str(batch.params["spectype"][i]), "SUBTYPE": str(batch.params["subtype"][i]),
+                         "HOST_FRAC": float(batch.params["host_fraction"][i])}
             pl, fib = plate + index // 1000, index % 1000 + 1
             a, b = int(batch.params["pix_start"][i]), int(batch.params["pix_end"][i]) + 1
             p = write_spec_fits(
@@ -174,13 +196,15 @@ def write_simulated_set(
                     "model": batch.model[i, a:b],
                     "SIM_SOURCE": str(batch.params["source"][i]),
                     "SIM_SNR": float(batch.params["snr"][i]),
+                    **({"SIM_SUBTYPE": mixed["SUBTYPE"] or "-"} if mixed else {}),
                 },
+                spec_class=mixed.get("SPECTYPE", "QSO"),
             )
             for key, val in (
                 ("PLATE", pl), ("MJD", mjd), ("FIBERID", fib), ("Z", float(batch.z[i])), ("FILENAME", p.name),
                 ("SOURCE", str(batch.params["source"][i])), ("SNR", float(batch.params["snr"][i])),
                 ("MAG", float(batch.params["mag"][i])), ("BAL", bool(batch.params["bal"][i])),
-                ("N_DLA", int(batch.params["dla"][i])),
+                ("N_DLA", int(batch.params["dla"][i])), *mixed.items(),
             ):
                 rows[key].append(val)
         done += size
@@ -196,6 +220,12 @@ def write_simulated_set(
         fits.Column("BAL", "L", array=np.array(rows["BAL"], bool)),
         fits.Column("N_DLA", "J", array=np.array(rows["N_DLA"], np.int32)),
     ]
+    if mix is not None:
+        cols += [
+            fits.Column("SPECTYPE", "6A", array=np.array(rows["SPECTYPE"])),
+            fits.Column("SUBTYPE", "16A", array=np.array(rows["SUBTYPE"])),
+            fits.Column("HOST_FRAC", "E", array=np.array(rows["HOST_FRAC"], np.float32)),
+        ]
     truth = fits.BinTableHDU.from_columns(cols, name="TRUTH")
     truth.header.add_comment("Z: true redshift of each simulated spectrum (simulation truth)")
     _flag(truth.header)

@@ -157,24 +157,19 @@ class QuasarSimulator:
         names[ok] = np.array(srcs, dtype=object)[pick[ok]]
         return names
 
-    def sample(
-        self,
-        n: int,
-        z: np.ndarray | None = None,
-        z_range: tuple[float, float] = (0.0, 7.0),
-        rng: np.random.Generator | None = None,
-        z_dist: str | None = None,
-    ) -> SimulatedBatch:
-        """Simulate n quasars (at the given z, else drawn from z_dist over z_range) as BOSS-like observations."""
-        cfg = self.config
-        rng = self.rng if rng is None else rng
-        # independent streams per component: switching one component off never changes the others' draws
+    def noiseless(self, z: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        """Noiseless quasar models at z after absorption and resolution, before flux calibration (arbitrary scale):
+        model (n, m) float32, usable (n, m) bool (template coverage, eroded by the LSF) and per-object parameters
+        (source, is_template, sigma, fit_index, logn, bal, lyman_leak). Used by fnet.simulate.mixture for the
+        quasar component of low-z AGN; draws with the same stream layout as sample()."""
+        z = np.asarray(z, dtype=np.float64)
         streams = [np.random.default_rng(s) for s in rng.integers(0, 2**63 - 1, size=10)]
-        if z is None:
-            z = draw_redshifts(n, z_range, streams[0], z_dist or cfg.z_dist)
-        z = np.broadcast_to(np.asarray(z, dtype=np.float64), (n,)).copy()
-        if np.any(z < 0) or np.any(~np.isfinite(z)):
-            raise ValueError("redshifts must be finite and >= 0")
+        return self._intrinsic(z, streams)
+
+    def _intrinsic(self, z: np.ndarray, streams: list[np.random.Generator]):
+        """Steps 1-3 of sample() (intrinsic spectrum, absorption, resolution) with sample()'s random streams."""
+        cfg = self.config
+        n = len(z)
         ll, m = self.loglam, len(self.loglam)
         lam = 10.0**ll
         source = self._assign_sources(z, streams[1])
@@ -229,6 +224,34 @@ class QuasarSimulator:
                 bad[:, :-sh] |= ~usable[:, sh:]
             usable = ~bad
         model[~usable] = 0.0
+
+        aux = {"source": source, "is_template": is_template, "sigma": sigma, "fit_index": fit_index, "logn": logn,
+               "bal": bal, "lyman_leak": leak}
+        return model, usable, aux
+
+    def sample(
+        self,
+        n: int,
+        z: np.ndarray | None = None,
+        z_range: tuple[float, float] = (0.0, 7.0),
+        rng: np.random.Generator | None = None,
+        z_dist: str | None = None,
+    ) -> SimulatedBatch:
+        """Simulate n quasars (at the given z, else drawn from z_dist over z_range) as BOSS-like observations."""
+        cfg = self.config
+        rng = self.rng if rng is None else rng
+        # independent streams per component: switching one component off never changes the others' draws
+        streams = [np.random.default_rng(s) for s in rng.integers(0, 2**63 - 1, size=10)]
+        if z is None:
+            z = draw_redshifts(n, z_range, streams[0], z_dist or cfg.z_dist)
+        z = np.broadcast_to(np.asarray(z, dtype=np.float64), (n,)).copy()
+        if np.any(z < 0) or np.any(~np.isfinite(z)):
+            raise ValueError("redshifts must be finite and >= 0")
+        model, usable, aux = self._intrinsic(z, streams)
+        ll, n = self.loglam, len(z)
+        source, is_template, sigma = aux["source"], aux["is_template"], aux["sigma"]
+        fit_index, logn, bal, leak = aux["fit_index"], aux["logn"], aux["bal"], aux["lyman_leak"]
+        obs_rng = streams[7]
 
         # 4. flux calibration and S/N
         mag = obs_rng.uniform(*cfg.mag_range, n)

@@ -1,0 +1,229 @@
+"""fnet.simulate.mixture: stars, galaxies and hosted AGN next to the quasars, through the same observing model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+from conftest import require_shared
+from fnet.simulate import CLASSES, QuasarSimulator, SpectrumMixSimulator, write_simulated_set
+from fnet.simulate.agn import host_fraction, host_to_qso_ratio
+from fnet.simulate.mixture import DEFAULT_MIX, STAR_Z_MAX
+from fnet.simulate.noise import NODATA
+from fnet.simulate.restframe import HALPHA, OII, running_median
+from fnet.simulate.stars import C_KMS
+
+CLEAN = dict(sky_residual=0.0, bal_fraction=0.0, absorber_rate=0.0)
+CA_K = 3934.78
+
+
+def _templates():
+    require_shared("templates", "star")
+    require_shared("templates", "galaxy")
+
+
+@pytest.fixture(scope="module")
+def mixed_batch():
+    _templates()
+    sim = SpectrumMixSimulator(seed=5, mix={"QSO": 0.4, "AGN": 0.1, "STAR": 0.35, "GALAXY": 0.15},
+                               quasar={"sky_residual": 0.0})
+    return sim, sim.sample(900)
+
+
+def _local_extremum(y: np.ndarray, k: int, half: int = 12, sign: int = 1) -> int:
+    seg = sign * y[k - half : k + half + 1]
+    return k - half + int(np.argmax(seg))
+
+
+def test_class_fractions_follow_the_mix(mixed_batch):
+    sim, b = mixed_batch
+    comp = b.params["component"]
+    n = len(b)
+    for name, p in zip(("QSO", "AGN", "STAR", "GALAXY"), sim.weights):
+        frac = np.mean(comp == name)
+        assert abs(frac - p) < 4 * np.sqrt(p * (1 - p) / n) + 1e-9, (name, frac, p)
+    assert set(b.params["spectype"]) == set(CLASSES)
+    assert np.all(np.array(CLASSES)[b.params["spectype_index"]] == b.params["spectype"])
+    agn = comp == "AGN"
+    assert np.all(b.params["spectype"][agn] == "QSO") and np.all(b.params["subtype"][agn] == "AGN+host")
+    # the default resembles a quasar target list: about two thirds quasars, stars the main contaminant
+    qso = DEFAULT_MIX["QSO"] + DEFAULT_MIX["AGN"]
+    assert 0.6 < qso / sum(DEFAULT_MIX.values()) < 0.75 and DEFAULT_MIX["STAR"] > DEFAULT_MIX["GALAXY"]
+    for name in ("flux", "ivar", "model"):
+        assert np.isfinite(getattr(b, name)).all()
+
+
+def test_stars_are_at_rest_and_match_their_template(mixed_batch):
+    sim, b = mixed_batch
+    rows = np.nonzero(b.params["component"] == "STAR")[0]
+    assert len(rows) > 200
+    assert np.all(np.abs(b.z[rows]) < STAR_Z_MAX)
+    assert np.std(b.params["v_kms"][rows]) > 60  # a few hundred km/s, not all at rest
+    lib = sim.stars.lib
+    lam = 10**b.loglam
+    tlam = 10 ** ((lib.k0 + np.arange(lib.rows.shape[1])) * 1e-4)
+    sel = (lam > 3800) & (lam < 9000)
+
+    def lines(y):  # continuum-normalised, mean-subtracted: correlation of the absorption/emission lines
+        y = y / np.maximum(running_median(y, 101), 1e-12) - 1.0
+        return y - y.mean(axis=-1, keepdims=True)
+
+    tmpl = lines(np.stack([np.interp(lam[sel], tlam, t) for t in lib.rows]))
+    tmpl /= np.linalg.norm(tmpl, axis=1, keepdims=True)
+    hits, vel_ok, tried = 0, 0, 0
+    v_grid = np.arange(-800.0, 801.0, 10.0)
+    for i in rows[:80]:
+        if b.params["subtype"][i] == "CV":
+            continue
+        tried += 1
+        own = lib.names.index(b.params["template"][i])
+        rest = lines(np.interp(lam[sel] * (1 + b.z[i]), lam, b.model[i])[None, :])[0]
+        corr = tmpl @ (rest / np.linalg.norm(rest))
+        hits += int(own in np.argsort(corr)[-2:])
+        # velocity: the correlation with the own template peaks at the true radial velocity (within 1 pixel)
+        own_lines = lib.rows[own] / np.maximum(running_median(lib.rows[own], 101)[0], 1e-12) - 1.0
+        obs = lines(b.model[i, sel][None, :])[0]
+        cc = [np.dot(obs, np.interp(lam[sel] / (1 + v / C_KMS), tlam, own_lines)) for v in v_grid]
+        vel_ok += int(abs(v_grid[int(np.argmax(cc))] - b.params["v_kms"][i]) <= 69.0)
+    assert tried > 50
+    assert hits / tried > 0.85, (hits, tried)
+    assert vel_ok / tried > 0.85, (vel_ok, tried)
+
+
+def test_galaxy_features_land_at_their_redshift():
+    _templates()
+    sim = SpectrumMixSimulator(seed=8, mix={"GALAXY": 1}, quasar={**CLEAN, "snr_range": (40, 40)})
+    b = sim.sample(160)
+    lam = 10**b.loglam
+    checked = {"Ha": 0, "OII": 0, "CaK": 0}
+    for i in range(len(b)):
+        z, sub = b.z[i], b.params["subtype"][i]
+        for key, line, ew_key in (("Ha", HALPHA, "ew_ha"), ("OII", OII, "ew_oii")):
+            k = int(np.argmin(np.abs(lam - line * (1 + z))))
+            if sub != "ELG" or not (30 < k < len(lam) - 30) or not (b.params[ew_key][i] > 15):
+                continue
+            assert abs(_local_extremum(b.model[i], k) - k) <= 2, (key, z, b.params["template"][i])
+            if b.good[i, k - 12 : k + 13].all():
+                smooth = np.convolve(b.flux[i], np.ones(3) / 3, mode="same")
+                assert abs(_local_extremum(smooth, k) - k) <= 2, (key, "noisy", z)
+            checked[key] += 1
+        k = int(np.argmin(np.abs(lam - CA_K * (1 + z))))
+        if sub == "LRG" and 30 < k < len(lam) - 30:
+            assert abs(_local_extremum(b.model[i], k, half=6, sign=-1) - k) <= 2, ("Ca K", z)
+            red = b.model[i, (lam > 4000 * (1 + z)) & (lam < 4100 * (1 + z))].mean()
+            blue = b.model[i, (lam > 3850 * (1 + z)) & (lam < 3950 * (1 + z))].mean()
+            assert red / blue > 1.25  # the 4000 Å break sits at 4000(1+z)
+            checked["CaK"] += 1
+    assert min(checked.values()) >= 8, checked
+    assert np.all((b.z >= 0.005) & (b.z <= 1.2))
+    assert {"LRG", "ELG", "intermediate"} <= set(b.params["subtype"])
+
+
+def test_agn_host_fraction_follows_the_luminosity_relation():
+    _templates()
+    assert host_to_qso_ratio(np.array([44.0]))[0] == pytest.approx(0.8052)
+    assert host_fraction(np.array([43.0]))[0] == pytest.approx(3.4252 / 4.4252, rel=1e-4)
+    assert host_fraction(np.array([45.2]))[0] == 0.0
+    sim = SpectrumMixSimulator(seed=9, mix={"AGN": 1}, quasar=CLEAN)
+    b = sim.sample(240)
+    f, logl, z = b.params["host_fraction"], b.params["log_l5100"], b.z
+    assert np.all((z >= 0.03) & (z <= 0.8)) and np.all((f >= 0) & (f < 1))
+    assert np.median(f[logl < 43.5]) > 0.6 and np.median(f[logl > 44.8]) < 0.15
+    assert np.mean(f[z < 0.5] > 0.5) > np.mean(f[z > 0.5] > 0.5) + 0.15  # host-dominated at low z
+    # the recorded luminosity is that of the calibrated spectrum (the fixed point converged)
+    lam = 10**b.loglam
+    rest = lam[None, :] / (1 + z[:, None])
+    win = (rest > 5050) & (rest < 5150) & (b.model > 0)
+    f5100 = np.where(win, b.model, 0).sum(axis=1) / win.sum(axis=1)
+    assert np.allclose(sim.agn.log_l5100(f5100, z), logl, atol=0.03)
+
+
+def test_non_quasars_share_the_quasars_noise_masks_and_truncation(mixed_batch):
+    sim, b = mixed_batch
+    is_q = b.params["component"] == "QSO"
+    pull = (b.flux - b.model) * np.sqrt(b.ivar)
+    k = np.arange(len(b.loglam))
+    lam = 10**b.loglam
+    stats = {}
+    for name, rows in (("qso", np.nonzero(is_q)[0]), ("other", np.nonzero(~is_q)[0])):
+        p = pull[rows][b.good[rows]]
+        assert abs(p.std() - 1.0) < 0.03 and abs(p.mean()) < 0.03, name
+        start, end = lam[b.params["pix_start"][rows]], lam[b.params["pix_end"][rows]]
+        masked = []
+        for i in rows:
+            v = b.params["noise_vector"][i]
+            inside = (k >= b.params["pix_start"][i]) & (k <= b.params["pix_end"][i]) & sim.noise.present[v]
+            inside &= ~((k >= b.params["gap_start"][i]) & (k < b.params["gap_start"][i] + b.params["gap_len"][i]))
+            assert np.all(b.and_mask[i, ~inside] & (1 << NODATA))
+            masked.append(np.mean(b.and_mask[i, inside] != 0))
+        stats[name] = (np.mean(start > 3610), np.mean(end < 10300), np.mean(b.params["gap_len"][rows] > 0),
+                       np.mean(masked), len(rows))
+    (bq, rq, gq, mq, nq), (bo, ro, go, mo, no) = stats["qso"], stats["other"]
+    tol = lambda p: 4 * np.sqrt(p * (1 - p) * (1 / nq + 1 / no)) + 0.01  # noqa: E731
+    assert abs(bq - bo) < tol(bq) and abs(rq - ro) < tol(rq) and abs(gq - go) < tol(gq), stats
+    assert 0.67 < mo / mq < 1.5, stats
+    assert sim.noise is sim.qso.noise
+
+
+def test_same_seed_same_batch():
+    _templates()
+    a = SpectrumMixSimulator(seed=11).sample(40)
+    b = SpectrumMixSimulator(seed=11).sample(40)
+    c = SpectrumMixSimulator(seed=12).sample(40)
+    for name in ("flux", "ivar", "and_mask", "good", "z", "model", "sky"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    for key in a.params:
+        assert np.array_equal(a.params[key], b.params[key], equal_nan=a.params[key].dtype.kind == "f"), key
+    assert not np.array_equal(a.flux, c.flux)
+    sim = SpectrumMixSimulator(seed=1)
+    d, e = sim.sample(8, rng=np.random.default_rng(3)), sim.sample(8, rng=np.random.default_rng(3))
+    assert np.array_equal(d.flux, e.flux)
+
+
+def test_given_redshifts():
+    _templates()
+    z = np.tile([0.0005, 0.3, 2.5], 40)
+    b = SpectrumMixSimulator(seed=2).sample(len(z), z=z)
+    assert np.array_equal(b.z, z)  # "eligible": every row keeps its z
+    comp = b.params["component"]
+    assert set(comp[z == 2.5]) == {"QSO"} and "STAR" in set(comp[z == 0.0005]) and "GALAXY" in set(comp[z == 0.3])
+    assert not np.any(comp[z != 0.0005] == "STAR")
+    o = SpectrumMixSimulator(seed=2, given_z="override").sample(len(z), z=z)
+    q = o.params["component"] == "QSO"
+    assert np.array_equal(o.z[q], z[q]) and (~q).sum() > 10
+
+
+def test_quasar_noiseless_matches_sample():
+    """QuasarSimulator.noiseless draws exactly what sample() calibrates and observes (same streams)."""
+    sim = QuasarSimulator("parametric", data_dir="/nonexistent", seed=1)
+    z = np.linspace(0.1, 4.0, 12)
+    b = sim.sample(12, z=z, rng=np.random.default_rng(4))
+    model, usable, aux = sim.noiseless(z, np.random.default_rng(4))
+    for i in range(12):
+        ok = usable[i] & (model[i] > 1e-3 * model[i].max())
+        ratio = b.model[i, ok] / model[i, ok]
+        assert np.allclose(ratio, ratio[0], rtol=1e-5)
+    assert list(aux["source"]) == list(b.params["source"])
+
+
+def test_needs_templates_or_quasars_only(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        SpectrumMixSimulator(data_dir=tmp_path, seed=1)
+    b = SpectrumMixSimulator(data_dir=tmp_path, seed=1, mix={"QSO": 1}).sample(6)
+    assert set(b.params["spectype"]) == {"QSO"} and np.isfinite(b.flux).all()
+    with pytest.raises(TypeError):
+        SpectrumMixSimulator(data_dir=tmp_path, mix={"QSO": 1}, no_such_option=3)
+    with pytest.raises(ValueError):
+        SpectrumMixSimulator(data_dir=tmp_path, mix={"QUASAR": 1})
+
+
+def test_write_mixed_set_records_the_class(tmp_path):
+    _templates()
+    cat = write_simulated_set(tmp_path / "mix", n=12, seed=4, mix={"mix": {"QSO": 1, "STAR": 1, "GALAXY": 1}})
+    truth = fits.getdata(cat, 1)
+    assert {"SPECTYPE", "SUBTYPE", "HOST_FRAC"} <= set(truth.columns.names)
+    assert set(truth["SPECTYPE"]) == {"QSO", "STAR", "GALAXY"}
+    for row in truth:
+        meta = fits.getdata(tmp_path / "mix" / row["FILENAME"].strip(), 2)
+        assert meta["CLASS"][0] == row["SPECTYPE"] and meta["Z"][0] == pytest.approx(row["Z"], abs=1e-6)
