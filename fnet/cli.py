@@ -81,6 +81,11 @@ def _load_package(model: str | None):
               help="rows with ZWARN bits: left out of the priors, or given a wide (30000 km/s) prior")
 @click.option("--priors-function", type=click.Choice(["gaussian", "lorentzien", "tophat"]), default="gaussian",
               show_default=True, help="redrock's prior shape (its spelling)")
+@click.option("--ray", default=None, metavar="local|auto|HOST:PORT", help="run on Ray Data (pip install "
+              "'fnet-qso[ray]'): local = a new cluster here; auto = RAY_ADDRESS or `ray start`'s; HOST:PORT (README)")
+@click.option("--ray-actors", type=click.IntRange(1), default=None, help="--ray inference actors [default: 1 per GPU "
+              "per actor, else 1 per 8 CPUs]")
+@click.option("--ray-gpus", type=click.FloatRange(0.01), default=None, help="--ray GPUs per actor [default: 1 if any]")
 @click.version_option(__version__, prog_name="fnet")
 def run_command(inputs, model, output, batch_size, device, backend, threads, read_workers, save_pdf, resume, progress,
                 quiet, **priors):
@@ -149,7 +154,12 @@ def _run(inputs, model, output, batch_size, device, backend_name, threads, read_
                         "refusing to overwrite an input")
         digest.add(item.path)
     try:
-        backend = open_backend(package, device=device, threads=threads, backend=backend_name)
+        if priors["ray"]:  # Ray Data: the backends live in actors on the cluster (ray imported only here)
+            from .runtime.ray_run import RayBackend
+            backend = RayBackend(priors["ray"], package, device=device, threads=threads, backend=backend_name,
+                                 actors=priors["ray_actors"], gpus_per_actor=priors["ray_gpus"], quiet=quiet)
+        else:
+            backend = open_backend(package, device=device, threads=threads, backend=backend_name)
     except BackendUnavailable as exc:
         _fail_usage(str(exc))
     if package.parity.get("passed") is False:
@@ -199,8 +209,9 @@ def _run(inputs, model, output, batch_size, device, backend_name, threads, read_
             second.add(item.path)
             yield item
 
-    skipped, seconds = run_items(stream(), predictor, journal, start=journal.n_done, total=digest.count,
-                                 batch_size=batch_size, read_workers=read_workers, progress=show_bar, on_row=report)
+    skipped, seconds = getattr(backend, "run_items", run_items)(  # --ray: RayBackend runs the inputs on the cluster
+        stream(), predictor, journal, start=journal.n_done, total=digest.count, batch_size=batch_size,
+        read_workers=read_workers, progress=show_bar, on_row=report)
     journal.close()
     if second.hexdigest() != digest.hexdigest():
         click.echo(f"warning: the inputs changed during the run ({digest.count} files when it started, "
@@ -210,7 +221,8 @@ def _run(inputs, model, output, batch_size, device, backend_name, threads, read_
                          n_resumed=n_resumed)
     pdf = PdfSource(predictor.centres, journal.pdf_chunks) if nbins else None
     try:
-        written = write_catalog(output, journal.rows, provenance_header(package, summary), pdf)
+        written = write_catalog(output, journal.rows, {**provenance_header(package, summary),
+                                                       **getattr(backend, "header", {})}, pdf)  # --ray: RUNNER
     except OSError as exc:
         click.echo(f"fnet-run: cannot write the catalog {output}: {exc.strerror or exc}. Every row is kept in "
                    f"{journal.path}: free the space (or fix the folder) and rerun with --resume to write it", err=True)

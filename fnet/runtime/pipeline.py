@@ -55,7 +55,8 @@ class _FileResult:
     skip: bool = False  # an earlier run's catalog found in a folder: no row
 
 
-def _read(index: int, item: InputItem) -> _FileResult:
+def read_input(index: int, item: InputItem) -> _FileResult:
+    """Input `index` read into spectra, or the problem that gives it a failed row (never raises)."""
     if item.problem:
         return _FileResult(index, item, problem=item.problem)
     try:
@@ -75,21 +76,26 @@ def _prefetch(items: Iterable[InputItem], start: int, workers: int, ahead: int) 
     """Read items from index `start` on in a thread pool, at most `ahead` in flight, yielding results in input order."""
     numbered = islice(enumerate(items), start, None)
     if workers <= 1:
-        yield from (_read(i, item) for i, item in numbered)
+        yield from (read_input(i, item) for i, item in numbered)
         return
     with ThreadPoolExecutor(max_workers=workers) as pool:
         pending: deque = deque()
         it = iter(numbered)
         for i, item in it:
-            pending.append(pool.submit(_read, i, item))
+            pending.append(pool.submit(read_input, i, item))
             if len(pending) >= ahead:
                 break
         while pending:
             result = pending.popleft().result()
             nxt = next(it, None)
             if nxt is not None:
-                pending.append(pool.submit(_read, *nxt))
+                pending.append(pool.submit(read_input, *nxt))
             yield result
+
+
+def file_failed_row(path: str, problem: str) -> dict:
+    """The one row of an input that gives no spectra (unreadable, missing, a pattern matching nothing)."""
+    return failed_row(f"{path}: {problem}", SOURCE=path, ROW=-1)
 
 
 def _meta_values(spec: Spectrum) -> dict:
@@ -103,6 +109,27 @@ def _plain(exc: BaseException) -> str:
 Row = tuple[dict, "np.ndarray | None"]
 
 
+@dataclass
+class Staged:
+    """What decoding needs of one spectrum once it is preprocessed: no pixels, so small and picklable (the Ray
+    runner ships it from the CPU stage to the inference actors). coverage and sn_median keep the Prepared dtype."""
+
+    source: str
+    row: int
+    format: str
+    meta: dict
+    notes: list
+    ivar_known: bool
+    coverage: np.floating
+    sn_median: np.floating
+    implausible: int  # ZWARN IMPLAUSIBLE_DATA or 0
+
+    @classmethod
+    def of(cls, spec: Spectrum, prep: Prepared, implausible: int) -> "Staged":
+        return cls(spec.source, spec.row, spec.format, spec.meta, spec.notes, spec.ivar_known, prep.coverage[0],
+                   prep.sn_median[0], implausible)
+
+
 class Predictor:
     """Preprocess, infer and decode batches of spectra for one model package and backend."""
 
@@ -114,20 +141,37 @@ class Predictor:
 
     def rows(self, spectra: Sequence[Spectrum]) -> list[Row]:
         """One (catalog row, P(z) or None) per spectrum, in order; failures become failed rows."""
+        out, usable, x, staged = self.stage(spectra)
+        if usable:
+            for i, row in zip(usable, self.infer_rows(x, staged)):
+                out[i] = row
+        if any(row is None for row in out):
+            raise RuntimeError(f"{sum(r is None for r in out)} spectra got no catalog row (a bug)")
+        return out
+
+    def stage(self, spectra: Sequence[Spectrum]) -> tuple[list[Row | None], list[int], np.ndarray, list[Staged]]:
+        """The CPU half of rows(): preprocessing and the data checks, no backend.
+
+        Returns the rows already final (failures; None elsewhere), the indices of the spectra left for the
+        backend, their network inputs (one row each) and what decoding needs of them (`Staged`).
+        """
         out: list[Row | None] = [None] * len(spectra)
         prepared, ok = self._prepare(spectra, out)
         usable = [i for i in ok if self._usable(spectra[i], prepared[i], out, i)]
-        if usable:
-            x = np.concatenate([prepared[i].x for i in usable])
-            outputs, errors = self._infer(x)
-            for k, problem in errors.items():
-                out[usable[k]] = self._failed(spectra[usable[k]], f"inference failed: {problem}", prepared[usable[k]])
-            done = [k for k in range(len(usable)) if k not in errors]
-            if done:
-                self._decode([usable[k] for k in done], {n: v[done] for n, v in outputs.items()},
-                             spectra, prepared, out)
-        if any(row is None for row in out):
-            raise RuntimeError(f"{sum(r is None for r in out)} spectra got no catalog row (a bug)")
+        x = (np.concatenate([prepared[i].x for i in usable]) if usable
+             else np.zeros((0, self.package.grid.npix), np.float32))
+        staged = [Staged.of(spectra[i], prepared[i], self._implausible(prepared[i])) for i in usable]
+        return out, usable, x, staged
+
+    def infer_rows(self, x: np.ndarray, staged: Sequence[Staged]) -> list[Row]:
+        """The backend half of rows(): one row per staged spectrum (x holds their inputs, in order)."""
+        out: list[Row | None] = [None] * len(staged)
+        outputs, errors = self._infer(x)
+        for k, problem in errors.items():
+            out[k] = self._failed(staged[k], f"inference failed: {problem}", staged[k].coverage)
+        done = [k for k in range(len(staged)) if k not in errors]
+        if done:
+            self._decode(done, {n: v[done] for n, v in outputs.items()}, staged, out)
         return out
 
     def predict(self, spectra: Sequence[Spectrum], catalog: Catalog, pdf_rows: list | None = None) -> None:
@@ -170,17 +214,17 @@ class Predictor:
             why = (NO_GOOD_PIXELS_NOTE if NO_GOOD_PIXELS_NOTE in spec.notes else
                    f"no usable pixel on the model grid (flux NaN/inf everywhere, ivar all zero, or no overlap with "
                    f"{lo:.0f}-{hi:.0f} A; the spectrum covers {spec.wavelength[0]:.0f}-{spec.wavelength[-1]:.0f} A)")
-            out[i] = self._failed(spec, why, prep)
+            out[i] = self._failed(spec, why, prep.coverage[0])
             return False
         if min(n_input, n_good) < self.min_pixels:
             shown = n_input if n_input < self.min_pixels else n_good
             out[i] = self._failed(spec, f"only {shown} usable pixels on the model grid (at least "
-                                        f"{self.min_pixels} are needed for a redshift)", prep)
+                                        f"{self.min_pixels} are needed for a redshift)", prep.coverage[0])
             return False
         values = spec.flux[spec.good]
         if values.size and np.all(values == values[0]):
             out[i] = self._failed(spec, f"flux is the same value ({values[0]:.4g}) at every usable pixel: there is "
-                                        "nothing to measure", prep)
+                                        "nothing to measure", prep.coverage[0])
             return False
         return True
 
@@ -207,29 +251,28 @@ class Predictor:
                    for name, ref in template.items()}
         return outputs, errors
 
-    def _decode(self, idx: list[int], outputs: dict[str, np.ndarray], spectra: Sequence[Spectrum],
-                prepared: list, out: list) -> None:
+    def _decode(self, idx: list[int], outputs: dict[str, np.ndarray], staged: Sequence[Staged], out: list) -> None:
         """Z, Z_ERR, ZWARN and the ok rows for the spectra the backend ran."""
         pkg = self.package
         decoded = decode(outputs, pkg.head)
-        preps = [prepared[i] for i in idx]
-        coverage = np.array([p.coverage[0] for p in preps])
-        sn = np.array([p.sn_median[0] for p in preps])
-        zwarn = compute_zwarn(coverage=coverage, sn_median=sn, ivar_known=np.array([spectra[i].ivar_known for i in idx]),
+        coverage = np.array([staged[i].coverage for i in idx])
+        sn = np.array([staged[i].sn_median for i in idx])
+        known = np.array([staged[i].ivar_known for i in idx])
+        zwarn = compute_zwarn(coverage=coverage, sn_median=sn, ivar_known=known,
                               z=decoded.z, z_err=decoded.z_err, z_range=pkg.z_range, quality=pkg.quality,
                               pdf=decoded.pdf, centres=self.centres)
         for k, i in enumerate(idx):
-            spec, prep = spectra[i], preps[k]
+            spec = staged[i]
             z, z_err = float(decoded.z[k]), float(decoded.z_err[k])
             if not np.isfinite(z) or (pkg.head["kind"] == "zbins" and not np.isfinite(z_err)):
                 out[i] = self._failed(spec, f"the model gave a non-finite redshift (Z = {z}, Z_ERR = {z_err}): "
-                                            "the input values are outside what it can handle", prep)
+                                            "the input values are outside what it can handle", spec.coverage)
                 continue
-            flags = int(zwarn[k]) | self._implausible(prep)
-            notes = list(spec.notes) + _flag_notes(flags, float(prep.coverage[0]))
+            flags = int(zwarn[k]) | spec.implausible
+            notes = list(spec.notes) + _flag_notes(flags, float(spec.coverage))
             row = make_row(dict(SOURCE=spec.source, ROW=spec.row, FORMAT=spec.format, **_meta_values(spec),
-                                COVERAGE=float(prep.coverage[0]), Z=z, Z_ERR=z_err, ZWARN=flags,
-                                SN_MEDIAN=float(prep.sn_median[0]), STATUS="ok", MESSAGE="; ".join(notes)))
+                                COVERAGE=float(spec.coverage), Z=z, Z_ERR=z_err, ZWARN=flags,
+                                SN_MEDIAN=float(spec.sn_median), STATUS="ok", MESSAGE="; ".join(notes)))
             out[i] = (row, None if decoded.pdf is None else decoded.pdf[k])
 
     @staticmethod
@@ -242,10 +285,9 @@ class Predictor:
             return int(ZWarn.IMPLAUSIBLE_DATA)
         return 0
 
-    def _failed(self, spec: Spectrum, why: str, prep: Prepared | None = None) -> Row:
-        coverage = float(prep.coverage[0]) if prep is not None else 0.0
+    def _failed(self, spec: Spectrum | Staged, why: str, coverage: float = 0.0) -> Row:
         row = failed_row(f"{spec.source}[{spec.row}]: {why}", SOURCE=spec.source, ROW=spec.row, FORMAT=spec.format,
-                         COVERAGE=coverage, **_meta_values(spec))
+                         COVERAGE=float(coverage), **_meta_values(spec))
         return row, None
 
 
@@ -349,7 +391,7 @@ def run_items(items: Iterable[InputItem], predictor: Predictor, sink: RowSink, *
         bar.update(1)
         if result.problem is not None:
             skipped += result.skip
-            row = failed_row(f"{result.item.path}: {result.problem}", SOURCE=result.item.path, ROW=-1)
+            row = file_failed_row(result.item.path, result.problem)
             pending.append(_Pending(result.index, [] if result.skip else [(row, None)], skip=result.skip))
             emit_complete()
             continue
