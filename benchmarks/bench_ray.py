@@ -8,8 +8,10 @@ Each end-to-end run is a fresh `fnet-run` process, timed from start to exit (imp
 and shutdown included); "run s" is fnet-run's own figure for the inputs alone (its summary line). Overhead, in
 this process: Ray start-up (ray.init of a local cluster with the machine's CPUs, plus the probe task that opens
 the backend on a worker), the fixed cost of one Dataset (a one-file run: actor start, model load, pipeline
-drain), and the per-batch cost of the Ray pipeline itself (the same blocks and batches with the work replaced by
-identity functions). Needs `pip install 'fnet-qso[ray]'`. Run it on an idle machine: it uses every core.
+drain), the per-batch cost of the Ray pipeline itself (the same blocks and batches with the work replaced by
+identity functions), and the same files again on the warm cluster (worker processes started: what a long run
+sees after its first seconds). Needs `pip install 'fnet-qso[ray]'`. Run it on an idle machine: it uses every
+core.
 """
 
 from __future__ import annotations
@@ -69,6 +71,10 @@ def overheads(files: list[str], batch_size: int) -> dict:
         return time.perf_counter() - t
 
     one_file = min(one_run(files[:1]) for _ in range(2))
+    warm = {}  # every file again, the cluster and its worker processes already up
+    for actors in (1, 2):
+        backend = ray_run.RayBackend("auto", package, threads=1, actors=actors, quiet=True)
+        warm[actors] = one_run(files)
 
     class Identity:
         def __call__(self, batch):
@@ -88,7 +94,7 @@ def overheads(files: list[str], batch_size: int) -> dict:
     list(ds2.iter_batches(batch_size=None))
     t_empty_one = time.perf_counter() - t
     ray.shutdown()
-    return {"ray_init_s": t_init, "probe_s": t_probe, "one_file_dataset_s": one_file,
+    return {"ray_init_s": t_init, "probe_s": t_probe, "one_file_dataset_s": one_file, "warm_run_s": warm,
             "identity_pipeline_s": t_empty, "identity_one_row_s": t_empty_one, "actor_batches": n_batches,
             "per_batch_ms": 1e3 * (t_empty - t_empty_one) / max(1, n_batches - 1),
             "ray_version": ray.__version__}
@@ -143,6 +149,9 @@ def main() -> None:
           f"pipeline cost per batch {over['per_batch_ms']:.1f} ms ({over['actor_batches']} batches of "
           f"{args.batch_size} in {over['identity_pipeline_s']:.2f} s with identity stages, "
           f"{over['identity_one_row_s']:.2f} s for one row)")
+    print("warm cluster (worker processes already started, in this process): "
+          + ", ".join(f"{a} actor{'s' if a > 1 else ''} {t:.2f} s ({n / t:.1f} files/s)"
+                      for a, t in over["warm_run_s"].items()))
     if args.json:
         Path(args.json).write_text(json.dumps({"n_files": n, "batch_size": args.batch_size, "runs": runs,
                                                "overhead": over, "cpus": os.cpu_count()}, indent=1))

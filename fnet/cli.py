@@ -83,8 +83,8 @@ def _load_package(model: str | None):
               show_default=True, help="redrock's prior shape (its spelling)")
 @click.option("--ray", default=None, metavar="local|auto|HOST:PORT", help="run on Ray Data (pip install "
               "'fnet-qso[ray]'): local = a new cluster here; auto = RAY_ADDRESS or `ray start`'s; HOST:PORT (README)")
-@click.option("--ray-actors", type=click.IntRange(1), default=None, help="--ray inference actors [default: 1 per GPU "
-              "per actor, else 1 per 8 CPUs]")
+@click.option("--ray-actors", type=click.IntRange(1), default=None, help="--ray inference actors [default: the "
+              "cluster's GPUs / --ray-gpus, else its CPUs / 8]")
 @click.option("--ray-gpus", type=click.FloatRange(0.01), default=None, help="--ray GPUs per actor [default: 1 if any]")
 @click.version_option(__version__, prog_name="fnet")
 def run_command(inputs, model, output, batch_size, device, backend, threads, read_workers, save_pdf, resume, progress,

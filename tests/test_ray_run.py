@@ -133,6 +133,23 @@ def test_resume_after_an_interrupted_ray_run(cluster, inputs, single, tmp_path, 
     assert fits.getheader(out, "FNET")["NRESUMED"] == 17
 
 
+def test_a_journal_write_failure_stops_the_run_as_without_ray(cluster, inputs, tmp_path, monkeypatch):
+    """The driver's own errors (disk full) are not taken for a dying worker: no input is marked failed for them."""
+    real_add = RunJournal.add
+
+    def add_until_full(self, index, rows, pdfs):
+        if self.n_done == 5:
+            raise OSError(28, "No space left on device")
+        real_add(self, index, rows, pdfs)
+
+    monkeypatch.setattr(RunJournal, "add", add_until_full)
+    out = tmp_path / "full.fits"
+    result = CliRunner().invoke(run_command, [*inputs, "-o", str(out), "--ray", "auto", "--no-progress"])
+    assert result.exit_code == EXIT_NO_CATALOG and not out.exists()
+    lines = out.with_name(out.name + ".fnet-progress").read_text().splitlines()
+    assert len(lines) == 1 + 5 and all(json.loads(line).get("i", 0) < 5 for line in lines[1:])
+
+
 def test_a_ray_journal_resumes_without_ray_and_parquet_matches(cluster, inputs, single, tmp_path):
     """The journal is the single-process one: a run started either way finishes either way."""
     out = tmp_path / "cat.parquet"

@@ -6,7 +6,7 @@ Dataflow, per window of inputs (WINDOW, in input order):
 
     ray.data.from_items(input paths)                      up to FILES_PER_TASK inputs per block
       .map_batches(_read_stage)        CPU tasks:         reader + preprocessing + data checks
-      .map_batches(_InferActor, concurrency=N, num_gpus=G)  one backend per actor, loaded once
+      .map_batches(_InferActor, compute=ActorPoolStrategy(size=N), num_gpus=G)   one backend per actor
       .iter_batches()                  driver:            rows -> the run journal, in input order
 
 The CPU stage runs `pipeline.read_input` and `Predictor.stage` (the code the single-process run uses), the actors
@@ -17,8 +17,10 @@ Design choice: the driver consumes the results and feeds them, input by input an
 same sink the single-process run uses (the run journal). Resume, the streaming catalog writers, the exit codes,
 the header provenance and the output checks are therefore the single-process run's own, not a copy: a Ray run can
 be resumed by a single-process run and the other way round, and its catalog is the same file. The cost is that
-every row passes through the driver (a few hundred bytes per row; the journal is written at well over 10^4 rows/s,
-far beyond what reading FITS files gives per node). Inputs already in the journal are never put in a dataset.
+every row passes through the driver: a few hundred bytes per row, and the journal takes ~2*10^4 rows/s, what ~130
+CPU cores reading spec files (~150 files/s each) produce; beyond that the driver is the limit (workers writing a
+Parquet dataset would lift it, at the price of a second resume mechanism and a merge). Inputs already in the
+journal are never put in a dataset.
 Order: blocks keep their order (`preserve_order`) and the driver reassembles each input's rows from whatever
 inference batches carried them, so the catalog's row order is SOURCE order, as in the single-process run.
 
@@ -52,6 +54,7 @@ from .pipeline import Predictor, RowSink, file_failed_row, read_input
 WINDOW = 50_000  # inputs per Ray Dataset
 FILES_PER_TASK = 32  # inputs read by one CPU task (one input block; Ray's per-task cost is ~30 ms here)
 CONNECT_TIMEOUT_S = 5.0
+PROBE_TIMEOUT_S = 300.0
 INSTALL_HINT = "pip install 'fnet-qso[ray]'"
 
 
@@ -247,14 +250,16 @@ class RayBackend(Backend):
         self.threads = threads if threads or self.gpus else 1  # CPU actors: one inference thread unless told
         probe = self.ray.remote(num_cpus=1, num_gpus=self.gpus or None, max_retries=0)(_probe)
         try:
-            found = self.ray.get(probe.remote(str(package.path), package.sha256, backend, device, self.threads))
-        except Exception as exc:  # noqa: BLE001
-            raise BackendUnavailable(f"--ray: the cluster could not run the probe task: {exc}") from None
+            found = self.ray.get(probe.remote(str(package.path), package.sha256, backend, device, self.threads),
+                                 timeout=PROBE_TIMEOUT_S)
+        except Exception as exc:  # noqa: BLE001  GetTimeoutError: no worker with the resources free
+            raise BackendUnavailable(f"--ray: the cluster could not run the probe task (1 CPU"
+                                     f"{f', {self.gpus:g} GPU' if self.gpus else ''}): {_short(exc)}") from None
         if "error" in found:
             raise BackendUnavailable(f"--ray: a Ray worker cannot open the backend: {found['error']}")
         self.backend_name, self.device = found["resolved"]
-        if self.device == "cpu":
-            self.gpus = 0.0
+        if self.device == "cpu":  # a GPU was reserved but the backend runs on CPU: CPU actors then
+            self.gpus, self.threads = 0.0, threads or 1
         self.name, self.choice = found["describe"], found["choice"]
         self.actors = actors or (max(1, int(gpus // self.gpus)) if self.gpus else max(1, int(cpus) // 8))
         if self.gpus and self.actors * self.gpus > gpus:
@@ -361,31 +366,34 @@ class RayBackend(Backend):
         slots: dict[int, list] = {}  # input index -> [missing, rows] while its rows arrive
         finished: dict[int, tuple[list, bool]] = {}
         nxt = first
-        try:
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                for i, slot, n, skip, rec in zip(batch["i"], batch["slot"], batch["n"], batch["skip"], batch["rec"]):
-                    i = int(i)
-                    if n == 0:
-                        finished[i] = ([], bool(skip))
-                        continue
-                    entry = slots.setdefault(i, [int(n), [None] * int(n)])
-                    if entry[1][slot] is None:
-                        entry[0] -= 1
-                    entry[1][slot] = pickle.loads(rec)
-                    if entry[0] == 0:
-                        finished[i] = (slots.pop(i)[1], False)
-                while nxt in finished:
-                    rows, skip = finished.pop(nxt)
-                    emit(nxt, [r for r, _ in rows], [p for _, p in rows], skip)
-                    nxt += 1
-        except Exception as exc:  # noqa: BLE001  sorted below
-            if isinstance(exc, ray.exceptions.RayTaskError):  # a stage raised: a bug, as in the single-process run
-                raise
-            if "ActorStartFailed" in str(exc):
-                message = next((line for line in str(exc).splitlines() if "ActorStartFailed" in line), str(exc))
-                self._stop(f"an inference actor could not start ({message.strip()[:300]})")
-            return nxt - first, _short(exc)  # a worker died: the caller splits the part
-        return nxt - first, "the Dataset ended without its rows"
+        batches = iter(ds.iter_batches(batch_size=None, batch_format="numpy"))
+        while True:
+            try:  # only Ray's errors are sorted here: the journal's (disk full...) and Ctrl-C go up as they are
+                batch = next(batches)
+            except StopIteration:
+                return nxt - first, "the Dataset ended without its rows"
+            except Exception as exc:  # noqa: BLE001
+                if isinstance(exc, ray.exceptions.RayTaskError):  # a stage raised: a bug, as without Ray
+                    raise
+                if "ActorStartFailed" in str(exc):
+                    message = next((line for line in str(exc).splitlines() if "ActorStartFailed" in line), str(exc))
+                    self._stop(f"an inference actor could not start ({message.strip()[:300]})")
+                return nxt - first, _short(exc)  # a worker died: the caller splits the part
+            for i, slot, n, skip, rec in zip(batch["i"], batch["slot"], batch["n"], batch["skip"], batch["rec"]):
+                i = int(i)
+                if n == 0:
+                    finished[i] = ([], bool(skip))
+                    continue
+                entry = slots.setdefault(i, [int(n), [None] * int(n)])
+                if entry[1][slot] is None:
+                    entry[0] -= 1
+                entry[1][slot] = pickle.loads(rec)
+                if entry[0] == 0:
+                    finished[i] = (slots.pop(i)[1], False)
+            while nxt in finished:
+                rows, skip = finished.pop(nxt)
+                emit(nxt, [r for r, _ in rows], [p for _, p in rows], skip)
+                nxt += 1
 
     def _check_alive(self, problem: str) -> None:
         try:
