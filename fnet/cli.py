@@ -381,14 +381,16 @@ def train_command(config, overrides):
 @click.option("--force", is_flag=True, help="write artefacts even when parity fails (the report says FAIL)")
 @click.option("--fft/--no-fft", default=True, show_default=True,
               help="also check the FP32 package through the FFT backend (fnet-run --backend fft)")
+@click.option("--calibrate-z-err", type=click.IntRange(0), default=0, show_default=True, metavar="N",
+              help="fit the Z_ERR factor on N freshly simulated spectra (0: none)")
 def export_command(checkpoint, out_dir, name, model_version, precisions, tensorrt, max_batch, parity_spectra,
-                   n_simulated, force, fft):
+                   n_simulated, force, fft, calibrate_z_err):
     """Export a training CHECKPOINT to ONNX model packages (and TensorRT engines), each parity-checked.
 
     An artefact whose redshifts differ from PyTorch's beyond tolerance is not written (exit code 1); one
     that cannot be built at all (ONNX export, TensorRT parse or build error) is reported and exit code is 3.
     """
-    from .export.pipeline import export_checkpoint
+    from .export.pipeline import export_checkpoint, export_summary
 
     if tensorrt:
         from .export.tensorrt_build import tensorrt_available
@@ -396,24 +398,22 @@ def export_command(checkpoint, out_dir, name, model_version, precisions, tensorr
         ok, why = tensorrt_available()
         if not ok:
             _fail_usage(f"--tensorrt: {why}")
-    results = export_checkpoint(checkpoint, out_dir, precisions=precisions, tensorrt=tensorrt,
-                                parity_spectra=parity_spectra, n_simulated=n_simulated,
-                                model_version=model_version, name=name, force=force, max_batch=max_batch, fft=fft)
-    for res in results:
-        where = res.path if res.path else "NOT WRITTEN"
-        detail = res.report.summary() if res.report else ""
-        detail = f"{detail}\n               {res.error}" if res.error and detail else (detail or res.error)
-        click.echo(f"{res.kind:<14} {where}\n               {detail}", err=True)
-    # exit 3 when an artefact could not be built at all (parse/build error), 1 when one failed its parity check
-    broken = any(r.path is None and r.report is None for r in results)
-    failed = any(r.path is None or (r.report is not None and not r.report.passed) for r in results)
-    sys.exit(EXIT_NO_CATALOG if broken else EXIT_SOME_FAILED if failed else EXIT_OK)
+    try:
+        results = export_checkpoint(checkpoint, out_dir, precisions=precisions, tensorrt=tensorrt,
+                                    parity_spectra=parity_spectra, n_simulated=n_simulated, model_version=model_version,
+                                    name=name, force=force, max_batch=max_batch, fft=fft,
+                                    calibrate_z_err=calibrate_z_err)
+    except ValueError as exc:
+        _fail_usage(str(exc))
+    text, outcome = export_summary(results)
+    click.echo(text, err=True)
+    sys.exit({"broken": EXIT_NO_CATALOG, "failed": EXIT_SOME_FAILED, "ok": EXIT_OK}[outcome])
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--truth", required=True, type=click.Path(exists=True, dir_okay=False),
-              help="catalog with true redshifts: PLATE/MJD/FIBERID or TARGETID, and Z_VI/Z/Z_TRUE")
+              help="true redshifts: PLATE/MJD/FIBERID, TARGETID or file (+ROW) columns; Z_VI/Z/Z_TRUE; CLASS/SPECTYPE")
 @click.option("--model", "-m", default=None, help="ONNX package [default: embedded model]")
 @click.option("--checkpoint", default=None, type=click.Path(exists=True, dir_okay=False),
               help="evaluate a torch training checkpoint instead of an ONNX package")
@@ -425,20 +425,23 @@ def export_command(checkpoint, out_dir, name, model_version, precisions, tensorr
 @click.option("--all-variants", is_flag=True, help="as observed, lines masked and S/N halved")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "tensorrt"]), default="auto", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-def eval_command(inputs, truth, model, checkpoint, z_column, out_dir, variants, all_variants, device, seed):
+@click.option("--truth-class", type=click.Choice(["auto", "none", "QSO", "STAR", "GALAXY"], case_sensitive=False),
+              default="auto", show_default=True, help="truth classes: auto = CLASS/SPECTYPE column, QSO for quasar "
+              "catalogs (DR12Q/DR16Q/QSO_cat), else none; a name gives every row that class")
+@click.option("--exclude-truth-zwarning", is_flag=True, help="leave out spectra whose truth ZWARNING/ZWARN is not 0")
+def eval_command(inputs, truth, model, checkpoint, z_column, out_dir, variants, all_variants, device, seed,
+                 truth_class, exclude_truth_zwarning):
     """Measure accuracy on spectra with known redshifts: Δv fractions, median |Δv|, per-z table, plots.
 
-    Writes OUT_DIR/report.json and one PNG per variant; prints a summary table.
+    Writes OUT_DIR/report.json and one PNG per variant; prints a summary table. With a class head and truth
+    classes: a confusion matrix, completeness/purity with 95% Wilson intervals and z accuracy per true class.
     """
     from . import evaluate as ev
 
     try:
-        truth_table = ev.read_truth(truth, z_column)
+        sample = ev.load_sample(list(inputs), truth, z_column, truth_class, exclude_truth_zwarning)
     except ValueError as exc:
         _fail_usage(str(exc))
-    spectra, z_true, skipped = ev.collect(list(inputs), truth_table)
-    if not spectra:
-        _fail_usage(f"none of the inputs is listed in {truth} ({len(skipped)} skipped)")
     if checkpoint:
         from .train.evaluate_torch import torch_predictor
 
@@ -447,11 +450,8 @@ def eval_command(inputs, truth, model, checkpoint, z_column, out_dir, variants, 
         package_path = model or str(default_model_path())
         predict, info = ev.onnx_predictor(package_path, device=device)
     chosen = ("as observed", "lines masked", "S/N halved") if all_variants else variants
-    reports = [ev.evaluate(predict, spectra, z_true, variant=v, seed=seed) for v in chosen]
-    path = ev.write_report(reports, out_dir, info)
-    click.echo(f"{info.get('name', '')} on {len(spectra)} spectra ({len(skipped)} inputs skipped):")
-    click.echo(ev.summary_table(reports))
-    click.echo(f"report: {path}")
+    reports = ev.evaluate_sample(predict, sample, chosen, seed=seed)
+    click.echo(ev.summary_text(reports, info, sample, ev.write_report(reports, out_dir, info)))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})

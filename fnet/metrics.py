@@ -7,7 +7,10 @@ Conventions:
   outside every threshold, is catastrophic, and pushes the median/percentiles up. Mean and
   median signed offsets use the finite predictions only;
 - fractions come with a 95% binomial interval (Wilson by default, Clopper-Pearson on request);
-- thresholds are in km/s and compared with ``|dv| < threshold`` (strict, as the authors do).
+- thresholds are in km/s and compared with ``|dv| < threshold`` (strict, as the authors do);
+- classification: a confusion matrix (rows true class, columns predicted), completeness per true class and purity
+  per predicted class, each a fraction with its binomial interval; redshift accuracy per true class uses the same dv
+  (for stars that is the velocity with respect to their near-zero true z).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from .runtime.constants import C_KMS
 DEFAULT_THRESHOLDS = (6000.0, 12000.0, 30000.0)
 CATASTROPHIC_KMS = 30000.0
 DEFAULT_Z_EDGES = (0.0, 1.0, 2.0, 2.5, 3.0, 4.0, 5.0, 7.0)
+CLASSES = ("QSO", "STAR", "GALAXY")  # the class head's names, in the order tables show them
+CLASS_THRESHOLDS = (1000.0, 6000.0)  # per-class redshift accuracy: redrock-like and the paper's first threshold
 
 
 def velocity_offsets(z_pred, z_true) -> np.ndarray:
@@ -85,12 +90,36 @@ def binomial_interval(k: int, n: int, confidence: float = 0.95, method: str = "w
     raise ValueError(f"unknown interval method {method!r} (wilson, clopper-pearson)")
 
 
+def count_with_interval(k: int, n: int, confidence: float = 0.95, method: str = "wilson") -> dict:
+    """{"k", "n", "fraction", "lo", "hi"} for k successes out of n (NaN fraction and interval when n = 0)."""
+    k, n = int(k), int(n)
+    lo, hi = binomial_interval(k, n, confidence, method)
+    return {"k": k, "n": n, "fraction": (k / n if n else float("nan")), "lo": lo, "hi": hi}
+
+
 def fraction_with_interval(mask, confidence: float = 0.95, method: str = "wilson") -> dict:
     """{"k", "n", "fraction", "lo", "hi"} for a boolean success mask."""
     m = np.asarray(mask, dtype=bool)
-    k, n = int(m.sum()), int(m.size)
-    lo, hi = binomial_interval(k, n, confidence, method)
-    return {"k": k, "n": n, "fraction": (k / n if n else float("nan")), "lo": lo, "hi": hi}
+    return count_with_interval(int(m.sum()), int(m.size), confidence, method)
+
+
+def median_interval(values, confidence: float = 0.95) -> tuple[float, float]:
+    """Distribution-free interval for the median: order statistics x_(j), x_(n+1-j) from Binomial(n, 1/2).
+
+    Coverage is at least `confidence`. With too few values to bound the median (n <= 5 at 95%) it is (-inf, inf).
+    """
+    a = np.sort(np.asarray(values, dtype=np.float64).reshape(-1))
+    n = a.size
+    if n == 0:
+        return float("nan"), float("nan")
+    ks = np.arange(1, n // 2 + 1)
+    # log C(n, k) by its ratio recursion, so large n neither overflows nor needs scipy
+    log_comb = np.concatenate(([0.0], np.cumsum(np.log((n - ks + 1) / ks))))
+    cdf = np.cumsum(np.exp(log_comb - n * math.log(2.0)))  # P(B <= k), k = 0 .. n // 2
+    j = int(np.count_nonzero(cdf <= (1.0 - confidence) / 2.0 * (1 + 1e-12)))
+    if j == 0:
+        return float("-inf"), float("inf")
+    return float(a[j - 1]), float(a[n - j])
 
 
 def z_err_calibration(z_pred, z_true, z_err, scales: Iterable[float] = (1.0, 2.0)) -> dict:
@@ -159,6 +188,78 @@ def report(z_pred, z_true, z_err=None, thresholds: Sequence[float] = DEFAULT_THR
     out["per_z_bin"] = per_z_bin_table(zp, zt, z_edges, thresholds, method)
     if z_err is not None:
         out["z_err_calibration"] = z_err_calibration(zp, zt, np.asarray(z_err, dtype=np.float64).reshape(-1))
+    return _jsonable(out)
+
+
+def class_axes(*labels: Sequence[str], classes: Sequence[str] = CLASSES) -> list[str]:
+    """`classes` followed by any other non-empty name found in the label arrays (sorted), so no class is dropped."""
+    seen = {str(c) for arr in labels for c in arr if str(c)}
+    return list(classes) + sorted(seen - set(classes))
+
+
+def confusion_matrix(true_classes, predicted_classes, classes: Sequence[str] | None = None,
+                     confidence: float = 0.95, method: str = "wilson") -> dict:
+    """Counts (rows true, columns predicted), completeness per true class and purity per predicted class.
+
+    A row whose true class is not in `classes` ("" = unknown) is left out and counted in n_truth_unknown. A prediction
+    outside `classes` ("" = none, e.g. a failed spectrum) counts against its true class's completeness
+    ("unpredicted") and in no column, as a failed redshift counts as a miss.
+    """
+    t = [str(c) for c in np.asarray(true_classes, dtype=object).reshape(-1)]
+    p = [str(c) for c in np.asarray(predicted_classes, dtype=object).reshape(-1)]
+    if len(t) != len(p):
+        raise ValueError(f"{len(t)} true classes but {len(p)} predicted")
+    axes = list(classes) if classes is not None else class_axes(t, p)
+    index = {c: i for i, c in enumerate(axes)}
+    counts = np.zeros((len(axes), len(axes)), dtype=np.int64)
+    unpredicted = np.zeros(len(axes), dtype=np.int64)
+    unknown = 0
+    for a, b in zip(t, p):
+        i = index.get(a)
+        if i is None:
+            unknown += 1
+        elif b in index:
+            counts[i, index[b]] += 1
+        else:
+            unpredicted[i] += 1
+    return {
+        "classes": axes, "counts": counts.tolist(), "unpredicted": unpredicted.tolist(),
+        "n": int(counts.sum() + unpredicted.sum()), "n_truth_unknown": unknown,
+        "completeness": {c: count_with_interval(counts[i, i], counts[i].sum() + unpredicted[i], confidence, method)
+                         for i, c in enumerate(axes)},
+        "purity": {c: count_with_interval(counts[j, j], counts[:, j].sum(), confidence, method)
+                   for j, c in enumerate(axes)},
+        "interval": f"{method} {confidence:.0%}",
+    }
+
+
+def redshift_by_class(z_pred, z_true, true_classes, classes: Sequence[str] | None = None,
+                      thresholds: Sequence[float] = CLASS_THRESHOLDS, confidence: float = 0.95,
+                      method: str = "wilson") -> dict[str, dict]:
+    """Per true class: n, fractions within each threshold (with intervals), median |dv| with its interval, p68."""
+    zp = np.asarray(z_pred, dtype=np.float64).reshape(-1)
+    zt = np.asarray(z_true, dtype=np.float64).reshape(-1)
+    t = np.array([str(c) for c in np.asarray(true_classes, dtype=object).reshape(-1)], dtype=object)
+    if not zp.size == zt.size == t.size:
+        raise ValueError(f"z_pred has {zp.size} values, z_true {zt.size}, true_classes {t.size}")
+    out = {}
+    for c in (list(classes) if classes is not None else class_axes(t)):
+        dv = velocity_offsets(zp[t == c], zt[t == c])
+        a = np.abs(dv)
+        out[c] = {"n": int(a.size), "n_failed": int((~np.isfinite(dv)).sum()),
+                  "fractions": {f"{th:g}": fraction_with_interval(a < th, confidence, method) for th in thresholds},
+                  "median_abs_dv": median_abs_dv(dv), "median_abs_dv_ci": list(median_interval(a, confidence)),
+                  "p68_abs_dv": abs_dv_percentile(dv, 68.0)}
+    return out
+
+
+def classification_report(true_classes, predicted_classes, z_pred, z_true, classes: Sequence[str] | None = None,
+                          method: str = "wilson") -> dict:
+    """JSON-ready: the confusion matrix with completeness/purity intervals and redshift accuracy per true class."""
+    axes = list(classes) if classes is not None else class_axes(true_classes, predicted_classes)
+    out = confusion_matrix(true_classes, predicted_classes, axes, method=method)
+    out["redshift_by_true_class"] = redshift_by_class(z_pred, z_true, true_classes, axes, method=method)
+    out["c_kms"] = C_KMS
     return _jsonable(out)
 
 

@@ -12,7 +12,7 @@ import torch
 from click.testing import CliRunner
 from torch import nn
 
-from fnet.export.fp16_emulation import (emulated_fp16_outputs, fold_batchnorm, fp32_layers, head_name,
+from fnet.export.fp16_emulation import (emulated_fp16_outputs, fold_batchnorm, fp32_layers, head_names,
                                         mixed_precision)
 from fnet.export.onnx_export import ExportParityError, export_onnx
 from fnet.export.parity import TOLERANCES, compare_outputs
@@ -281,7 +281,7 @@ def test_the_accumulation_models_and_the_headless_fallback():
               for acc, chunk in (("fp32", 16), ("fp16", 16), ("fp16", 1))]
     assert errors[0] < errors[1] < errors[2] < 5e-2  # FP16 partial sums lose more the more often they round
     # no .out: nothing is kept in FP32 and the whole network runs in FP16, float32 out
-    assert head_name(net) is None and fp32_layers(net) == []
+    assert head_names(net) == [] and fp32_layers(net) == []
     with torch.no_grad():
         out = mixed_precision(net)(torch.from_numpy(x[:, None, :]))
     assert out.dtype == torch.float32 and _rel(out.numpy(), exact) < 1e-2

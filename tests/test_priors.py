@@ -287,6 +287,11 @@ def test_a_priors_file_in_an_input_folder_is_not_read_as_an_input(tmp_path):
         result = fnet_run(folder, "-o", tmp_path / "cat.fits", "--priors", folder / "priors.fits")
         assert result.exit_code == 0, result.output
         assert len(read_catalog(tmp_path / "cat.fits")) == 1
+    # a later run without --priors skips it too (no failed row for a file that is not spectra)
+    result = fnet_run(folder, "-o", tmp_path / "cat2.fits")
+    assert result.exit_code == 0, result.output
+    cat = read_catalog(tmp_path / "cat2.fits")
+    assert len(cat) == 1 and cat["STATUS"][0] == "ok"
 
 
 def test_a_priors_write_failure_exits_3_and_resume_writes_both(tmp_path, monkeypatch):

@@ -26,7 +26,7 @@ from fnet import fuzz
 from fnet.cli import EXIT_NO_CATALOG, EXIT_USAGE, default_model_path, run_command
 from fnet.runtime.catalog import MAX_MESSAGE, read_catalog
 from fnet.runtime.errors import ModelPackageError, SpectrumReadError
-from fnet.runtime.journal import journal_paths
+from fnet.runtime.journal import JOURNAL_VERSION, journal_paths
 from fnet.runtime.model_package import build_metadata, load_model_package
 from fnet.runtime.readers import read_spectra
 from fnet.runtime.zwarn import ZWarn
@@ -531,7 +531,7 @@ def test_resume_after_sigkill_gives_exactly_the_clean_catalog(tmp_path, model):
 def test_resume_refuses_a_journal_of_another_run(tmp_path, model):
     out = tmp_path / "c.fits"
     journal = journal_paths(out)[0]
-    journal.write_text(json.dumps({"fnet_run_journal": {"journal": 1, "inputs_sha256": "0" * 64}}) + "\n")
+    journal.write_text(json.dumps({"fnet_run_journal": {"journal": JOURNAL_VERSION, "inputs_sha256": "0" * 64}}) + "\n")
     result = run([spec_file(), "-m", model, "-o", out, "--resume"])
     assert result.exit_code == EXIT_USAGE and "different run" in result.output
 

@@ -40,4 +40,4 @@ def test_multiple_peaks_from_posterior_mass_far_from_z():
 def test_bit_values_are_the_documented_ones():
     assert {b.name: b.value for b in ZWarn} == {
         "BAD_INPUT": 1, "LITTLE_COVERAGE": 2, "LOW_SN": 4, "Z_OUT_OF_RANGE": 8, "BROAD_PDF": 16,
-        "MULTIPLE_PEAKS": 32, "SN_UNKNOWN": 64, "IMPLAUSIBLE_DATA": 128}
+        "MULTIPLE_PEAKS": 32, "SN_UNKNOWN": 64, "IMPLAUSIBLE_DATA": 128, "CLASS_UNCERTAIN": 256}

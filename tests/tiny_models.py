@@ -1,7 +1,9 @@
 """Tiny ONNX model packages built with onnx.helper, following the real metadata contract.
 
 The network is a single linear map of the normalised spectrum, so a test can recompute the
-expected outputs with numpy from the runtime's own preprocessing and compare them exactly.
+expected outputs with numpy from the runtime's own preprocessing and compare them exactly. A head with
+``classes`` adds a second linear map to (N, len(classes)) class logits (weights: linear_weights(seed + 1)
+times class_scale).
 """
 
 from __future__ import annotations
@@ -26,8 +28,12 @@ def linear_weights(npix: int, nout: int, seed: int = 0) -> tuple[np.ndarray, np.
 
 def make_tiny_model(path: Path, head: dict, grid: Grid = PAPER_GRID,
                     normalisation: dict | None = None, seed: int = 0, z_range=(0.0, 7.0),
-                    quality: dict | None = None, integrity: bool = True) -> Path:
-    """Write a linear ONNX model package (input 'flux' (N,1,npix)) with the given head."""
+                    quality: dict | None = None, integrity: bool = True, class_scale: float = 1.0,
+                    class_graph: bool = True, metadata: dict[str, str] | None = None) -> Path:
+    """Write a linear ONNX model package (input 'flux' (N,1,npix)) with the given head.
+
+    class_graph=False leaves the class output out of the graph (a broken package); `metadata` overrides keys.
+    """
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -39,17 +45,26 @@ def make_tiny_model(path: Path, head: dict, grid: Grid = PAPER_GRID,
         helper.make_node("Flatten", ["flux"], ["flat"], axis=1),
         helper.make_node("Gemm", ["flat", "W", "B"], [out_name]),
     ]
+    outputs = [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", nout])]
+    initializers = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")]
+    if head.get("classes") and class_graph:
+        name, ncls = head.get("class_output", "class_logits"), len(head["classes"])
+        wc, bc = linear_weights(grid.npix, ncls, seed + 1)
+        nodes.append(helper.make_node("Gemm", ["flat", "WC", "BC"], [name]))
+        outputs.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, ["N", ncls]))
+        initializers += [numpy_helper.from_array(wc * np.float32(class_scale), "WC"),
+                         numpy_helper.from_array(bc * np.float32(class_scale), "BC")]
     graph = helper.make_graph(
         nodes, "tiny_fnet",
         [helper.make_tensor_value_info("flux", TensorProto.FLOAT, ["N", 1, grid.npix])],
-        [helper.make_tensor_value_info(out_name, TensorProto.FLOAT, ["N", nout])],
-        initializer=[numpy_helper.from_array(w, "W"), numpy_helper.from_array(b, "B")],
+        outputs, initializer=initializers,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     meta = build_metadata(model_name="tiny-linear", model_version="0.0-test", architecture="linear-test",
                           grid=grid, normalisation=normalisation, head=head, z_range=z_range,
                           quality=quality, training={"note": "test fixture, not trained"})
+    meta.update(metadata or {})
     for key, value in meta.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

@@ -49,20 +49,25 @@ from torch import fx, nn
 
 from ..runtime.backends import run_in_batches
 from ..train.fft_conv import plain_copy
+from ..train.heads import named_outputs
 
 ACCUMULATIONS = ("fp32", "fp16")
-HEAD = "out"  # the module that decides the redshift: FP32 in an FP16 package
+HEADS = ("out", "cls")  # the modules that decide the redshift and the class: FP32 in an FP16 package
 
 
-def head_name(model: nn.Module) -> str | None:
-    """The name of the network's head module (kept FP32 in FP16 packages), or None when it has none."""
-    return HEAD if isinstance(getattr(model, HEAD, None), nn.Module) else None
+def head_names(model: nn.Module) -> list[str]:
+    """The network's head modules (kept FP32 in FP16 packages) that it has."""
+    return [name for name in HEADS if isinstance(getattr(model, name, None), nn.Module)]
 
 
 def fp32_layers(model: nn.Module) -> list[str]:
     """The modules an FP16 package of this network keeps in FP32 (recorded in the package as fnet.fp32_layers)."""
-    head = head_name(model)
-    return [head] if head else []
+    return head_names(model)
+
+
+def _in_heads(name: str, heads: list[str]) -> bool:
+    """True for a module name inside one of the head modules."""
+    return any(name == h or name.startswith(h + ".") for h in heads)
 
 
 def _to_float32(module: nn.Module, args: tuple) -> tuple:
@@ -77,19 +82,20 @@ class _MixedPrecision(nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         out = self.net(x.half())
+        if isinstance(out, tuple):
+            return tuple(o if o.dtype == torch.float32 else o.float() for o in out)
         return out if out.dtype == torch.float32 else out.float()  # an FP32 head's output needs no Cast
 
 
 def mixed_precision(model: nn.Module) -> nn.Module:
-    """A copy of the network computing in FP16 except its head (``.out``, FP32); float32 input and output.
+    """A copy of the network computing in FP16 except its heads (``.out``, ``.cls``: FP32); float32 input and output.
 
-    A network without ``.out`` runs wholly in FP16 (its output is cast back to float32).
+    A network without them runs wholly in FP16 (its output is cast back to float32).
     """
     net = copy.deepcopy(model).eval().float().cpu().half()
-    head = head_name(net)
-    if head:
+    for head in head_names(net):
         getattr(net, head).float().register_forward_pre_hook(_to_float32)
     return _MixedPrecision(net).eval()
 
@@ -141,15 +147,14 @@ def _linear_fp16_partials(linear: nn.Linear, x: torch.Tensor, chunk: int) -> tor
 class _Fp16Interpreter(fx.Interpreter):
     """Runs a traced network rounding every value of its FP16 part to FP16; the head and after stay FP32."""
 
-    def __init__(self, graph: fx.GraphModule, head: str | None, accumulation: str, chunk: int):
+    def __init__(self, graph: fx.GraphModule, heads: list[str], accumulation: str, chunk: int):
         super().__init__(graph)
         self.accumulation, self.chunk = accumulation, chunk
         self.node: fx.Node | None = None  # the node being run (call_module is given its target only)
-        # the head's node and everything computed from it: FP32
+        # the heads' nodes and everything computed from them: FP32
         self.fp32_nodes: set[fx.Node] = set()
         for node in graph.graph.nodes:
-            in_head = node.op == "call_module" and head is not None and (node.target == head
-                                                                          or node.target.startswith(head + "."))
+            in_head = node.op == "call_module" and _in_heads(str(node.target), heads)
             if in_head or any(arg in self.fp32_nodes for arg in node.all_input_nodes):
                 self.fp32_nodes.add(node)
 
@@ -185,20 +190,20 @@ def emulated_fp16_outputs(model: nn.Module, output_name: str, x: np.ndarray, *, 
         raise ValueError(f"accumulation must be one of {ACCUMULATIONS}, got {accumulation!r}")
     if chunk < 1:
         raise ValueError(f"chunk must be at least 1, got {chunk}")
-    head = head_name(model)
+    heads = head_names(model)
     graph = fold_batchnorm(model).float()
     for name, sub in graph.named_modules():
-        if head is not None and (name == head or name.startswith(head + ".")):
-            continue  # the head keeps its FP32 weights
+        if _in_heads(name, heads):
+            continue  # the heads keep their FP32 weights
         for tensor in list(sub.parameters(recurse=False)) + list(sub.buffers(recurse=False)):
             if tensor.is_floating_point():
                 tensor.data = _fp16(tensor.data)
-    interpreter = _Fp16Interpreter(graph, head, accumulation, chunk)
+    interpreter = _Fp16Interpreter(graph, heads, accumulation, chunk)
 
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             out = interpreter.run(torch.from_numpy(np.ascontiguousarray(batch[:, None, :], dtype=np.float32)))
-        return {output_name: out.float().numpy()}
+        return _named(model, output_name, out)
 
     return run_in_batches(run, x, _batch_size(model, x.shape[1], memory))
 
@@ -211,9 +216,16 @@ def device_fp16_outputs(model: nn.Module, output_name: str, x: np.ndarray, devic
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             out = net(torch.from_numpy(np.ascontiguousarray(batch[:, None, :], dtype=np.float32)).to(device))
-        return {output_name: out.float().cpu().numpy()}
+        return _named(model, output_name, out)
 
     return run_in_batches(run, x, batch_size)
+
+
+def _named(model: nn.Module, output_name: str, out) -> dict[str, np.ndarray]:
+    """The forward result as {graph output name: float32 array} (a class head adds its logits)."""
+    if isinstance(out, (tuple, list)):
+        return {name: value.float().cpu().numpy() for name, value in named_outputs(out, model.head).items()}
+    return {output_name: out.float().cpu().numpy()}
 
 
 def fp16_arithmetic_outputs(model: nn.Module, output_name: str, x: np.ndarray) -> tuple[dict[str, np.ndarray], str]:

@@ -65,11 +65,14 @@ def export_graph(model: nn.Module, path: Path, npix: int, output: str, precision
     if precision == "fp16":
         net = mixed_precision(net)
     dummy = torch.zeros(2, 1, npix)
+    head = getattr(model, "head", None) or {}
+    # a class head is the graph's second output, named by the head (fnet.runtime.heads)
+    outputs = [output] + ([head["class_output"]] if head.get("classes") else [])
     with warnings.catch_warnings():  # the TorchScript exporter is deprecated but needs no onnxscript
         warnings.simplefilter("ignore")
-        torch.onnx.export(net, (dummy,), str(path), input_names=["flux"], output_names=[output],
-                          dynamic_axes={"flux": {0: "batch"}, output: {0: "batch"}}, opset_version=OPSET,
-                          do_constant_folding=True, dynamo=False)
+        torch.onnx.export(net, (dummy,), str(path), input_names=["flux"], output_names=outputs,
+                          dynamic_axes={"flux": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
+                          opset_version=OPSET, do_constant_folding=True, dynamo=False)
 
 
 def package_metadata(info: PackageInfo, precision: str, model: nn.Module, parity: dict | None = None) -> dict[str, str]:

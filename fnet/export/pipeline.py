@@ -43,8 +43,12 @@ def _arithmetic_line(report: ParityReport, path: Path | None) -> list[ExportResu
 
 
 def parity_inputs(grid: Grid, normalisation: dict, spectra: Sequence[str] = (), n_simulated: int = 256,
-                  seed: int = 12345) -> tuple[np.ndarray, list[str]]:
-    """Network inputs for the parity check: real spectra files (any format) plus simulated quasars."""
+                  seed: int = 12345, classes: bool = False) -> tuple[np.ndarray, list[str]]:
+    """Network inputs for the parity check: real spectra files (any format) plus simulated quasars.
+
+    classes: simulate a quasar target list's mix of quasars, stars and galaxies instead (a class head's
+    answers can flip on any of them), when the star and galaxy templates are there.
+    """
     xs, sources = [], []
     records = []
     for item in expand_inputs(list(spectra)):
@@ -60,11 +64,17 @@ def parity_inputs(grid: Grid, normalisation: dict, spectra: Sequence[str] = (), 
         xs.append(prepared.x[keep])
         sources.append(f"{int(keep.sum())} real spectra")
     if n_simulated:
-        from ..simulate import QuasarSimulator
+        from ..simulate import QuasarSimulator, SpectrumMixSimulator
 
-        batch = QuasarSimulator(source="auto", seed=seed).sample(n_simulated)
+        what = "simulated spectra"
+        try:
+            simulator = SpectrumMixSimulator(seed=seed) if classes else QuasarSimulator(source="auto", seed=seed)
+            what = "simulated spectra (quasars, stars, galaxies)" if classes else what
+        except FileNotFoundError:  # no star/galaxy templates here: quasars only, and the report says so
+            simulator = QuasarSimulator(source="auto", seed=seed)
+        batch = simulator.sample(n_simulated)
         xs.append(prepare_arrays(batch.loglam, batch.flux, batch.ivar, batch.good, grid, normalisation).x)
-        sources.append(f"{n_simulated} simulated spectra")
+        sources.append(f"{n_simulated} {what}")
     if not xs:
         raise ValueError("no parity inputs: give real spectra or a number of simulated ones")
     return np.concatenate(xs), sources
@@ -73,14 +83,27 @@ def parity_inputs(grid: Grid, normalisation: dict, spectra: Sequence[str] = (), 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, precisions: Sequence[str] = ("fp32",),
                       tensorrt: bool = False, parity_spectra: Sequence[str] = (), n_simulated: int = 256,
                       model_version: str = "0.1.0", name: str | None = None, force: bool = False,
-                      max_batch: int = 256, fft: bool = True) -> list[ExportResult]:
+                      max_batch: int = 256, fft: bool = True, calibrate_z_err: int = 0) -> list[ExportResult]:
     """Export every requested artefact of a checkpoint; each is written only if its parity check passes.
 
     fft: also check the FP32 package through the FFT backend (fnet-run --backend fft) against PyTorch.
+    calibrate_z_err: fit the head's Z_ERR factor on this many freshly simulated spectra (fnet.train.calibrate).
     """
     model, meta = load_model(checkpoint)
     info = package_info(meta, model_version, name)
-    x, sources = parity_inputs(info.grid, info.normalisation, parity_spectra, n_simulated)
+    if calibrate_z_err:
+        data = (meta.get("config") or {}).get("data") or {}
+        if data.get("source") != "simulate":
+            raise ValueError(f"{checkpoint}: --calibrate-z-err needs a run trained on simulated spectra "
+                             f"(data.source is {data.get('source')!r})")
+        from ..train.calibrate import fit_z_err_scale
+
+        fit = fit_z_err_scale(model, info.head, info.grid, info.normalisation, data["simulator_class"],
+                              data.get("simulator") or {}, calibrate_z_err, tuple(data.get("z_range", (0.0, 7.0))))
+        info.head["z_err_scale"] = fit["z_err_scale"]
+        info.training["z_err_calibration"] = fit
+    x, sources = parity_inputs(info.grid, info.normalisation, parity_spectra, n_simulated,
+                               classes=bool(info.head.get("classes")))
     info.training["parity_inputs"] = sources
     reference = reference_outputs(model, info.head["output"], x)
     out_dir = Path(out_dir)
@@ -119,3 +142,17 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, precisions
             except Exception as exc:  # noqa: BLE001  parse/build/precision failure: this engine only, with the reason
                 results.append(ExportResult(kind, None, None, f"{engine}: not built: {type(exc).__name__}: {exc}"))
     return results
+
+
+def export_summary(results: list[ExportResult]) -> tuple[str, str]:
+    """(the lines fnet-export prints, outcome): "broken" when an artefact could not be built at all (parse or
+    build error), "failed" when one failed its parity check, else "ok"."""
+    lines = []
+    for res in results:
+        where = res.path if res.path else "NOT WRITTEN"
+        detail = res.report.summary() if res.report else ""
+        detail = f"{detail}\n               {res.error}" if res.error and detail else (detail or res.error)
+        lines.append(f"{res.kind:<14} {where}\n               {detail}")
+    broken = any(r.path is None and r.report is None for r in results)
+    failed = any(r.path is None or (r.report is not None and not r.report.passed) for r in results)
+    return "\n".join(lines), "broken" if broken else "failed" if failed else "ok"

@@ -54,13 +54,17 @@ def _number(value, fmt: str) -> str:
 
 
 def _ident(cat: ReportCatalog, i: int) -> str:
-    """PLATE-MJD-FIBERID, TARGETID, or file#ROW: how a survey names the object."""
+    """PLATE-MJD-FIBERID, TARGETID, LAMOST OBSID or DESIG, or file#ROW: how a survey names the object."""
     plate, mjd, fiber = (int(cat.column(k, np.full(len(cat), -1))[i]) for k in ("PLATE", "MJD", "FIBERID"))
     if plate >= 0 and fiber >= 0:
         return f"{plate}-{mjd}-{fiber}"
-    target = int(cat.column("TARGETID", np.full(len(cat), -1))[i])
-    if target >= 0:
-        return f"TARGETID {target}"
+    for key in ("TARGETID", "OBSID"):
+        number = int(cat.column(key, np.full(len(cat), -1))[i])
+        if number >= 0:
+            return f"{key} {number}"
+    desig = str(cat.columns["DESIG"][i]).strip() if "DESIG" in cat.columns else ""
+    if desig:
+        return desig
     return f"{Path(str(cat.columns['SOURCE'][i])).name}#{int(cat.column('ROW', np.zeros(len(cat)))[i])}"
 
 

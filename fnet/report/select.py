@@ -29,8 +29,8 @@ MODES = ("all", "flagged", "where")
 #: Columns the report needs in every catalog.
 REQUIRED = ("SOURCE", "Z", "ZWARN")
 #: Columns holding text (kept as str arrays; a masked CSV cell becomes "").
-TEXT_COLUMNS = ("SOURCE", "FORMAT", "STATUS", "MESSAGE", "SPECTYPE")
-#: Class-probability columns shown when the catalog has them (another issue adds them to fnet-run).
+TEXT_COLUMNS = ("SOURCE", "FORMAT", "STATUS", "MESSAGE", "SPECTYPE", "PLANID", "DESIG")
+#: Class-probability columns shown when the catalog has them (fnet-run writes them for class-head models).
 CLASS_COLUMNS = ("P_QSO", "P_STAR", "P_GALAXY")
 _FUNCTIONS = {"isnan": np.isnan, "isfinite": np.isfinite, "abs": np.abs}
 _COMPARE = {ast.Eq: np.equal, ast.NotEq: np.not_equal, ast.Lt: np.less, ast.LtE: np.less_equal,

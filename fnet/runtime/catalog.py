@@ -7,7 +7,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -23,16 +23,54 @@ COLUMNS: dict[str, tuple[str, Any, str, str]] = {
     "MJD": ("i4", -1, "d", "MJD of observation"),
     "FIBERID": ("i4", -1, "", "SDSS fiber"),
     "TARGETID": ("i8", -1, "", "DESI target id"),
+    "OBSID": ("i8", -1, "", "LAMOST observation id (-1: none in the header)"),
+    "PLANID": ("U", "", "", "LAMOST plan id"),
+    "SPID": ("i4", -1, "", "LAMOST spectrograph"),
+    "DESIG": ("U", "", "", "LAMOST designation (LAMOST JHHMMSS.ss+DDMMSS.s)"),
     "RA": ("f8", np.nan, "deg", "right ascension"),
     "DEC": ("f8", np.nan, "deg", "declination"),
     "Z": ("f8", np.nan, "", "FNet redshift"),
     "Z_ERR": ("f8", np.nan, "", "1-sigma redshift uncertainty (NaN when the head gives none)"),
     "ZWARN": ("i4", int(ZWarn.BAD_INPUT), "", "warning bits, 0 = no warning (see header ZWB* cards)"),
+    # Class columns: only in catalogs of models with a class head (header CLASSES), see catalog_columns.
+    "SPECTYPE": ("U", "", "", "QSO, STAR or GALAXY: the class head's most probable class (redrock's word); empty "
+                              "when the model has no class head"),
+    "P_QSO": ("f4", np.nan, "", "class head probability of QSO"),
+    "P_STAR": ("f4", np.nan, "", "class head probability of STAR"),
+    "P_GALAXY": ("f4", np.nan, "", "class head probability of GALAXY"),
     "SN_MEDIAN": ("f4", np.nan, "", "median S/N per model-grid pixel"),
     "COVERAGE": ("f4", 0.0, "", "fraction of the model grid covered by good pixels"),
     "STATUS": ("U", "failed", "", "ok or failed"),
     "MESSAGE": ("U", "", "", "why a row failed or was flagged"),
 }
+
+
+#: The columns a model with a class head adds: SPECTYPE and P_<CLASS> for each class it declares.
+CLASS_COLUMNS = ("SPECTYPE", "P_QSO", "P_STAR", "P_GALAXY")
+
+
+def class_columns(classes: Sequence[str]) -> dict[str, str]:
+    """Class name -> its probability column P_<CLASS>; ValueError when a class has no column in the schema."""
+    out = {c: f"P_{c}" for c in classes}
+    missing = sorted(c for c, name in out.items() if name not in CLASS_COLUMNS)
+    if missing:
+        known = ", ".join(n[2:] for n in CLASS_COLUMNS[1:])
+        raise ValueError(f"class(es) {missing} have no catalog column (the catalog knows {known})")
+    return out
+
+
+def header_classes(header: dict[str, Any]) -> list[str]:
+    """The classes a catalog header's CLASSES card names ("QSO,STAR,GALAXY"; none without the card)."""
+    return [c for c in str(header.get("CLASSES", "")).split(",") if c.strip()]
+
+
+def catalog_columns(classes: Sequence[str] = ()) -> list[str]:
+    """The columns of a catalog, in schema order: every ordinary column, plus SPECTYPE and P_<CLASS> for `classes`.
+
+    A model without a class head gives a catalog without class columns, as before class heads existed.
+    """
+    wanted = {"SPECTYPE", *class_columns(classes).values()} if classes else set()
+    return [name for name in COLUMNS if name not in CLASS_COLUMNS or name in wanted]
 
 
 #: Longest MESSAGE kept: one file with thousands of HDUs must not make the column that wide for every row.
@@ -233,23 +271,31 @@ def is_fnet_catalog(path: str | Path) -> bool:
 
 
 def write_catalog(path: str | Path, rows: Callable[[], Iterable[dict]], header: dict[str, Any],
-                  pdf: PdfSource | None = None) -> Path:
-    """Stream rows (a factory: FITS reads them twice) into a FITS, FITS.gz, CSV or Parquet catalog, atomically."""
+                  pdf: PdfSource | None = None, columns: Sequence[str] | None = None) -> Path:
+    """Stream rows (a factory: FITS reads them twice) into a FITS, FITS.gz, CSV or Parquet catalog, atomically.
+
+    `columns` (schema order) defaults to catalog_columns() of the header's CLASSES card: the header says
+    which model made the catalog, so a model without a class head writes no class columns.
+    """
     path = Path(path)
     suffix = output_suffix(path)
+    columns = catalog_columns(header_classes(header)) if columns is None else list(columns)
+    unknown = [name for name in columns if name not in COLUMNS]
+    if unknown:
+        raise KeyError(f"unknown catalog columns: {unknown}")
     with atomic_path(path) as tmp:
         if suffix in (".fits", ".fit"):
             with open(tmp, "wb") as fh:
-                _write_fits(fh, rows, header, pdf)
+                _write_fits(fh, rows, header, pdf, columns)
         elif suffix == ".fits.gz":
             import gzip
 
             with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6) as fh:
-                _write_fits(fh, rows, header, pdf)
+                _write_fits(fh, rows, header, pdf, columns)
         elif suffix == ".csv":
-            _write_csv(tmp, rows(), header)
+            _write_csv(tmp, rows(), header, columns)
         else:
-            _write_parquet(tmp, rows(), header)
+            _write_parquet(tmp, rows(), header, columns)
     return path
 
 
@@ -267,11 +313,12 @@ def _pad(fh: BinaryIO, nbytes: int) -> None:
 
 
 def _write_fits(fh: BinaryIO, rows: Callable[[], Iterable[dict]], header: dict[str, Any],
-                pdf: PdfSource | None) -> None:
-    """Primary HDU, the FNET binary table (written in chunks), then ZPDF / ZPDF_Z when P(z) is kept."""
+                pdf: PdfSource | None, names: list[str]) -> None:
+    """Primary HDU, the FNET table of columns `names` (written in chunks), then ZPDF / ZPDF_Z when P(z) is kept."""
     from astropy.io import fits
 
-    text_cols = [n for n, spec in COLUMNS.items() if spec[0] == "U"]
+    text_cols = [n for n in names if COLUMNS[n][0] == "U"]
+    is_text = [n in text_cols for n in names]
     widths = {n: 1 for n in text_cols}
     nrows = 0
     for row in rows():  # first pass: row count and string widths, so the header can be written first
@@ -280,15 +327,16 @@ def _write_fits(fh: BinaryIO, rows: Callable[[], Iterable[dict]], header: dict[s
             widths[name] = max(widths[name], len(_fits_text(row[name])))
     columns = []
     formats = []
-    for name, (kind, _, unit, desc) in COLUMNS.items():
+    for name in names:
+        kind, _, unit, _ = COLUMNS[name]
         code, dtype = (f"{widths[name]}A", f"S{widths[name]}") if kind == "U" else _FITS_CODES[kind]
         columns.append(fits.Column(name=name, format=code, unit=unit or None))
         formats.append((name, dtype))
     table = fits.BinTableHDU.from_columns(columns, nrows=0, name="FNET")
     hdr = table.header
     hdr["NAXIS2"] = nrows
-    for i, (name, (_, _, _, desc)) in enumerate(COLUMNS.items(), start=1):
-        hdr.comments[f"TTYPE{i}"] = desc[:47]
+    for i, name in enumerate(names, start=1):
+        hdr.comments[f"TTYPE{i}"] = COLUMNS[name][3][:47]
     for key, value in header.items():
         hdr[key[:8]] = _fits_text(value).decode("ascii") if isinstance(value, str) else value
     for bit in ZWarn:
@@ -309,7 +357,7 @@ def _write_fits(fh: BinaryIO, rows: Callable[[], Iterable[dict]], header: dict[s
         chunk.clear()
 
     for row in rows():
-        chunk.append(tuple(_fits_text(row[n]) if COLUMNS[n][0] == "U" else row[n] for n in COLUMNS))
+        chunk.append(tuple(_fits_text(row[n]) if text else row[n] for n, text in zip(names, is_text)))
         if len(chunk) >= _CHUNK_ROWS:
             emit()
     if chunk:
@@ -339,22 +387,22 @@ def _write_fits(fh: BinaryIO, rows: Callable[[], Iterable[dict]], header: dict[s
     _pad(fh, len(data))
 
 
-def _write_csv(path: Path, rows: Iterable[dict], header: dict[str, Any]) -> None:
+def _write_csv(path: Path, rows: Iterable[dict], header: dict[str, Any], names: list[str]) -> None:
     with open(path, "w", newline="", encoding="utf-8") as fh:
         for key, value in header.items():
             fh.write(f"# {key} = {printable(value)}\n")
-        writer = csv.DictWriter(fh, fieldnames=list(COLUMNS))
+        writer = csv.DictWriter(fh, fieldnames=names, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow(row)
 
 
-def _write_parquet(path: Path, rows: Iterable[dict], header: dict[str, Any]) -> None:
+def _write_parquet(path: Path, rows: Iterable[dict], header: dict[str, Any], names: list[str]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     types = {"U": pa.string(), "i4": pa.int32(), "i8": pa.int64(), "f4": pa.float32(), "f8": pa.float64()}
-    schema = pa.schema([(name, types[spec[0]]) for name, spec in COLUMNS.items()],
+    schema = pa.schema([(name, types[COLUMNS[name][0]]) for name in names],
                        metadata={str(k): printable(v) for k, v in header.items()})
     with pq.ParquetWriter(path, schema) as writer:
         chunk: list[dict] = []
@@ -377,7 +425,9 @@ def read_catalog(path: str | Path):
 
     path = Path(path)
     if path.suffix.lower() == ".csv":
-        table = Table.read(path, format="ascii.csv", comment="#")
+        # text columns stay text: an all-empty DESIG or MESSAGE would otherwise be read as masked integers
+        text = {name: str for name, spec in COLUMNS.items() if spec[0] == "U"}
+        table = Table.read(path, format="ascii.csv", comment="#", converters=text)
         for name in table.colnames:  # an empty CSV field is an empty string here, not a masked value
             if getattr(table[name], "mask", None) is not None and table[name].dtype.kind in "US":
                 table[name] = table[name].filled("")

@@ -11,6 +11,12 @@ The model package stores the head as JSON under ``fnet.head``; nothing else is n
   ln(1 + z_min) and ln(1 + z_max); bin k is centred at u_min + (k + 0.5) * du. Uniform bins in
   ln(1 + z) have a constant width in velocity, c * du (K = 1024 over 0..7: 609 km/s).
 
+Class head (optional, contract version 2): ``"classes": ["QSO", "STAR", "GALAXY"]`` and
+``"class_output": "class_logits"`` in the same head dict. The network then has a second output of
+(N, len(classes)) logits; decode() returns their softmax as ``Decoded.p_class`` (rows sum to 1, NaN
+rows where a logit is not finite). A head without ``classes`` decodes exactly as before
+(``p_class`` None), which is how packages of contract version 1 still run.
+
 zbins decoding (the same code evaluates during training, so training and runtime cannot drift):
 
 - P(z): softmax over bins, the probability mass of each bin (rows sum to 1);
@@ -23,6 +29,9 @@ zbins decoding (the same code evaluates during training, so training and runtime
   sigma_u this is ~(1 + z) * sigma_u. A second peak far away widens the window, so a
   bimodal posterior gets a large Z_ERR, as it should. A posterior inside one bin gives
   h = 0.68 * du / 2 (mass taken as uniform across the bin): Z_ERR never goes below a third of a bin.
+  An optional ``"z_err_scale"`` in the head multiplies Z_ERR: the factor that makes 68.3 % of simulated
+  quasars fall within 1 Z_ERR, fitted at export on spectra the network was not selected on
+  (``fnet-export --calibrate-z-err N``, fnet.train.calibrate); without it the factor is 1.
 """
 
 from __future__ import annotations
@@ -32,17 +41,32 @@ from dataclasses import dataclass
 import numpy as np
 
 KINDS = ("regression", "zbins")
+CLASS_OUTPUT = "class_logits"  # default name of the class head's graph output
 ONE_SIGMA_MASS = 0.6826894921370859  # erf(1 / sqrt(2))
 _CHUNK = 4096  # rows decoded at once: bounds the (rows, K) work arrays
 
 
 @dataclass
 class Decoded:
-    """Decoded redshifts: z (n,), z_err (n,) (NaN for regression), pdf (n, K) bin masses or None."""
+    """Decoded redshifts: z (n,), z_err (n,) (NaN for regression), pdf (n, K) bin masses or None.
+
+    p_class (n, C) class probabilities in the order of ``classes`` when the head has a class head.
+    """
 
     z: np.ndarray
     z_err: np.ndarray
     pdf: np.ndarray | None = None
+    p_class: np.ndarray | None = None
+    classes: tuple[str, ...] = ()
+
+    def spectype(self) -> np.ndarray:
+        """The most probable class name per row ("" where there is no class head or the row is NaN)."""
+        if self.p_class is None:
+            return np.full(len(self.z), "", dtype=object)
+        names = np.array(self.classes, dtype=object)
+        ok = np.isfinite(self.p_class).all(axis=1)
+        best = np.where(ok, np.nan_to_num(self.p_class, nan=-1.0).argmax(axis=1), 0)
+        return np.where(ok, names[best], "")
 
 
 def validate_head(head: dict) -> dict:
@@ -69,7 +93,27 @@ def validate_head(head: dict) -> dict:
                 or not 3 <= nbins <= 10**6:
             raise ValueError(f"zbins head needs a whole number nbins in 3..1000000, got {nbins!r}")
         h["nbins"] = int(nbins)
+    if "z_err_scale" in h:  # Z_ERR calibration factor fitted at export (fnet.train.calibrate), default 1
+        scale = h["z_err_scale"]
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"head z_err_scale must be a positive number, got {scale!r}")
+        h["z_err_scale"] = float(scale)
+    if "classes" in h or "class_output" in h:
+        classes = h.get("classes")
+        if not isinstance(classes, (list, tuple)) or len(classes) < 2 \
+                or not all(isinstance(c, str) and c.strip() == c and c for c in classes) \
+                or len(set(classes)) != len(classes):
+            raise ValueError(f"head classes must be a list of at least 2 distinct names, got {classes!r}")
+        h["classes"] = list(classes)
+        h.setdefault("class_output", CLASS_OUTPUT)
+        if not isinstance(h["class_output"], str) or h["class_output"] == h["output"]:
+            raise ValueError(f"head class_output must name a second graph output, got {h['class_output']!r}")
     return h
+
+
+def has_classes(head: dict) -> bool:
+    """True when the head carries a class head (contract version 2)."""
+    return bool(head.get("classes"))
 
 
 def _u_range(head: dict) -> tuple[float, float, float]:
@@ -107,7 +151,7 @@ def _pick_output(outputs, head: dict) -> np.ndarray:
     if isinstance(outputs, dict):
         if head["output"] in outputs:
             return np.asarray(outputs[head["output"]])
-        if len(outputs) == 1:
+        if len(outputs) == 1 and not has_classes(head):
             return np.asarray(next(iter(outputs.values())))
         raise KeyError(f"outputs {sorted(outputs)} do not include the head's {head['output']!r}")
     return np.asarray(outputs)
@@ -148,9 +192,35 @@ def _decode_zbins_chunk(p: np.ndarray, u_min: float, du: float) -> tuple[np.ndar
     return u, h
 
 
+def decode_classes(outputs, head: dict) -> np.ndarray | None:
+    """(n, C) class probabilities from the class head's logits, or None for a head without classes."""
+    if not has_classes(head):
+        return None
+    if not isinstance(outputs, dict) or head["class_output"] not in outputs:
+        got = sorted(outputs) if isinstance(outputs, dict) else "one bare array"
+        raise KeyError(f"outputs {got} do not include the class head's {head['class_output']!r}")
+    logits = np.asarray(outputs[head["class_output"]], dtype=np.float64)
+    logits = logits.reshape(logits.shape[0], -1)
+    if logits.shape[1] != len(head["classes"]):
+        raise ValueError(f"class head with {len(head['classes'])} classes expects (n, {len(head['classes'])}) "
+                         f"logits, got {logits.shape}")
+    p = softmax(logits)
+    p[~np.isfinite(logits).all(axis=1)] = np.nan
+    return p
+
+
 def decode(outputs: dict[str, np.ndarray] | np.ndarray, head: dict) -> Decoded:
-    """Redshift, its error and (zbins) P(z) from network outputs, following the head metadata."""
+    """Redshift, its error, (zbins) P(z) and (class head) class probabilities, following the head metadata."""
     head = validate_head(head)
+    decoded = _decode_redshift(outputs, head)
+    if has_classes(head):
+        decoded.p_class = decode_classes(outputs, head)
+        decoded.classes = tuple(head["classes"])
+    return decoded
+
+
+def _decode_redshift(outputs, head: dict) -> Decoded:
+    """Z, Z_ERR and P(z) from the redshift head's output."""
     y = _pick_output(outputs, head).astype(np.float64)
     if head["kind"] == "regression":
         y = y.reshape(y.shape[0], -1)
@@ -168,7 +238,7 @@ def decode(outputs: dict[str, np.ndarray] | np.ndarray, head: dict) -> Decoded:
     for s in range(0, n, _CHUNK):
         u[s:s + _CHUNK], h[s:s + _CHUNK] = _decode_zbins_chunk(pdf[s:s + _CHUNK], u_min, du)
     z = np.expm1(u)
-    z_err = (1.0 + z) * np.sinh(h)
+    z_err = head.get("z_err_scale", 1.0) * (1.0 + z) * np.sinh(h)
     bad = ~np.isfinite(y).all(axis=1)  # a NaN logit poisons the softmax: report NaN, never a bin edge
     z[bad], z_err[bad] = np.nan, np.nan
     return Decoded(z=z, z_err=z_err, pdf=pdf.astype(np.float32))

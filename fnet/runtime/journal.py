@@ -22,7 +22,7 @@ import numpy as np
 
 from .errors import FNetError
 
-JOURNAL_VERSION = 1
+JOURNAL_VERSION = 2  # 2: rows carry the LAMOST identifier and class columns (a version-1 journal's rows lack them)
 _FSYNC_SECONDS = 10.0  # a power cut may cost the last seconds of work; a killed process costs nothing
 _READ_ROWS = 8192
 
@@ -101,6 +101,11 @@ class RunJournal:
                         found = json.loads(line)["fnet_run_journal"]
                     except (ValueError, KeyError, TypeError):
                         found = None
+                    if isinstance(found, dict) and found.get("journal") != JOURNAL_VERSION:
+                        raise JournalMismatch(f"{self.path}: this progress file was written by another fnet version "
+                                              f"(journal {found.get('journal')!r}, this one writes "
+                                              f"{JOURNAL_VERSION}); its rows cannot be finished into one catalog: "
+                                              "run without --resume to start over")
                     if found != self.fingerprint:
                         raise JournalMismatch(f"{self.path}: this progress file belongs to a different run (other "
                                               "inputs, model or --save-pdf); run without --resume to start over")

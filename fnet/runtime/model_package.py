@@ -16,18 +16,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .catalog import class_columns
 from .errors import ModelPackageError
 from .grid import Grid
-from .heads import validate_head
+from .heads import has_classes, validate_head
 from .preprocess import SCHEMES
 
-CONTRACT_VERSION = "1"
+CONTRACT_VERSION = "2"  # the newest: a class head (fnet.head classes, a second graph output)
+# Versions this runtime reads. A package is written with the lowest version that describes it (see
+# build_metadata), so a package without a class head stays "1" and still loads in runtimes that read only "1".
+SUPPORTED_CONTRACTS = ("1", "2")
 PREFIX = "fnet."
 REQUIRED_KEYS = ("contract_version", "model_name", "model_version", "architecture", "grid", "normalisation",
                  "head", "z_range", "input_name")
 JSON_KEYS = ("grid", "normalisation", "head", "z_range", "quality", "training", "parity")
 # Defaults for the ZWARN thresholds when a package does not set fnet.quality.
-DEFAULT_QUALITY = {"min_coverage": 0.5, "min_sn_median": 1.0, "max_dv_err_kms": 3000.0, "max_secondary_mass": 0.3}
+DEFAULT_QUALITY = {"min_coverage": 0.5, "min_sn_median": 1.0, "max_dv_err_kms": 3000.0, "max_secondary_mass": 0.3,
+                   "min_class_prob": 0.9}
+# Quality keys contract version 1 does not know (a runtime reading only "1" refuses them): they make a package "2".
+CONTRACT_2_QUALITY = ("min_class_prob",)
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
@@ -68,9 +75,10 @@ class ModelPackage:
         if missing:
             raise ModelPackageError(path, f"not an FNet model package: metadata lacks {', '.join(missing)} "
                                           "(see docs/model-package.md)")
-        if metadata[PREFIX + "contract_version"] != CONTRACT_VERSION:
-            raise ModelPackageError(path, f"contract version {metadata[PREFIX + 'contract_version']!r} "
-                                          f"is not supported (this runtime reads {CONTRACT_VERSION!r})")
+        contract = metadata[PREFIX + "contract_version"]
+        if contract not in SUPPORTED_CONTRACTS:
+            raise ModelPackageError(path, f"contract version {contract!r} is not supported (this runtime reads "
+                                          f"{', '.join(map(repr, SUPPORTED_CONTRACTS))})")
         parsed: dict[str, Any] = {}
         for key in JSON_KEYS:
             raw = metadata.get(PREFIX + key)
@@ -98,6 +106,19 @@ class ModelPackage:
         if clip is not None and not (_is_number(clip) and 0 < clip < float("inf")):
             raise bad("normalisation", f"clip must be a positive number or null, got {_short(clip)}")
         quality = _quality(parsed.get("quality", {}), bad)
+        if contract == "1":  # what version 1 cannot say must not hide behind it: older runtimes would misread it
+            if has_classes(head):
+                raise bad("contract_version", "is '1' but fnet.head has a class head (classes), which needs "
+                                              "contract version '2'")
+            later = sorted(set(parsed.get("quality", {})) & set(CONTRACT_2_QUALITY))
+            if later:
+                raise bad("contract_version", f"is '1' but fnet.quality sets {later}, which needs contract "
+                                              "version '2'")
+        if has_classes(head):  # every class needs its catalog column P_<CLASS>
+            try:
+                class_columns(head["classes"])
+            except ValueError as exc:
+                raise bad("head", str(exc)) from None
         for key in ("training", "parity"):
             if not isinstance(parsed.get(key, {}), dict):
                 raise bad(key, "must be a JSON object")
@@ -154,7 +175,7 @@ def _z_range(value: Any, bad) -> tuple[float, float]:
 
 # quality key -> (lowest, highest) allowed value
 _QUALITY_RANGES = {"min_coverage": (0.0, 1.0), "min_sn_median": (0.0, 1e6), "max_dv_err_kms": (0.0, 3e5),
-                   "max_secondary_mass": (0.0, 1.0)}
+                   "max_secondary_mass": (0.0, 1.0), "min_class_prob": (0.0, 1.0)}
 
 
 def _quality(value: Any, bad) -> dict:
@@ -247,6 +268,15 @@ def _check_graph(package: ModelPackage, inputs: dict[str, list], outputs: dict[s
         key = "nbins" if head["kind"] == "zbins" else "kind"
         raise ModelPackageError(path, f"metadata {PREFIX}head {key} expects {expected} outputs per spectrum, "
                                       f"the graph gives {width}")
+    if has_classes(head):
+        name, n = head["class_output"], len(head["classes"])
+        if name not in outputs:
+            raise ModelPackageError(path, f"metadata {PREFIX}head class_output {name!r} is not a graph output "
+                                          f"(outputs: {sorted(outputs)})")
+        width = outputs[name][-1] if outputs[name] else None
+        if isinstance(width, int) and width != n:
+            raise ModelPackageError(path, f"metadata {PREFIX}head classes name {n} classes but the graph output "
+                                          f"{name!r} gives {width} values per spectrum")
 
 
 def engine_sidecar(path: str | Path) -> Path:
@@ -304,9 +334,14 @@ def build_metadata(*, model_name: str, model_version: str, architecture: str, gr
                    head: dict, z_range: tuple[float, float], input_name: str = "flux",
                    quality: dict | None = None, training: dict | None = None,
                    parity: dict | None = None, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The metadata_props map for a model package (used by fnet-export and by tests)."""
+    """The metadata_props map for a model package (used by fnet-export and by tests).
+
+    The contract version is the lowest that describes the package: "2" with a class head (or a quality key
+    only "2" knows), else "1", so packages without a class head still load in runtimes that read only "1".
+    """
+    later = has_classes(head) or bool(set(quality or {}) & set(CONTRACT_2_QUALITY))
     meta = {
-        "contract_version": CONTRACT_VERSION,
+        "contract_version": CONTRACT_VERSION if later else "1",
         "model_name": model_name,
         "model_version": model_version,
         "architecture": architecture,

@@ -24,19 +24,19 @@ import numpy as np
 
 from .. import __version__
 from .backends import Backend
-from .catalog import Catalog, failed_row, make_row
+from .catalog import Catalog, class_columns, failed_row, make_row
 from .errors import CatalogFileError, SpectrumReadError
-from .heads import bin_centres, decode
+from .heads import Decoded, bin_centres, decode, has_classes
 from .inputs import InputItem, expand_inputs
 from .model_package import ModelPackage
 from .preprocess import Prepared, prepare_spectra
 from .readers import NO_GOOD_PIXELS_NOTE, read_spectra
-from .spectrum import Spectrum
+from .spectrum import META_TYPES, Spectrum
 from .zwarn import ZWarn, compute_zwarn
 
 __all__ = ["InputItem", "expand_inputs", "Predictor", "RunSummary", "run_items", "run_catalog", "provenance_header"]
 
-META_COLUMNS = ("PLATE", "MJD", "FIBERID", "TARGETID", "RA", "DEC")
+META_COLUMNS = tuple(META_TYPES)  # every typed identifier is a catalog column
 # A spectrum needs this share of the model grid (and at least MIN_GOOD_PIXELS pixels) to be measured at
 # all: a redshift from a handful of pixels is noise, whatever COVERAGE says.
 MIN_GOOD_FRACTION = 0.02
@@ -260,7 +260,8 @@ class Predictor:
         known = np.array([staged[i].ivar_known for i in idx])
         zwarn = compute_zwarn(coverage=coverage, sn_median=sn, ivar_known=known,
                               z=decoded.z, z_err=decoded.z_err, z_range=pkg.z_range, quality=pkg.quality,
-                              pdf=decoded.pdf, centres=self.centres)
+                              pdf=decoded.pdf, centres=self.centres, p_class=decoded.p_class)
+        classes = _class_values(decoded)
         for k, i in enumerate(idx):
             spec = staged[i]
             z, z_err = float(decoded.z[k]), float(decoded.z_err[k])
@@ -271,7 +272,7 @@ class Predictor:
             flags = int(zwarn[k]) | spec.implausible
             notes = list(spec.notes) + _flag_notes(flags, float(spec.coverage))
             row = make_row(dict(SOURCE=spec.source, ROW=spec.row, FORMAT=spec.format, **_meta_values(spec),
-                                COVERAGE=float(spec.coverage), Z=z, Z_ERR=z_err, ZWARN=flags,
+                                COVERAGE=float(spec.coverage), Z=z, Z_ERR=z_err, ZWARN=flags, **classes[k],
                                 SN_MEDIAN=float(spec.sn_median), STATUS="ok", MESSAGE="; ".join(notes)))
             out[i] = (row, None if decoded.pdf is None else decoded.pdf[k])
 
@@ -289,6 +290,15 @@ class Predictor:
         row = failed_row(f"{spec.source}[{spec.row}]: {why}", SOURCE=spec.source, ROW=spec.row, FORMAT=spec.format,
                          COVERAGE=float(coverage), **_meta_values(spec))
         return row, None
+
+
+def _class_values(decoded: Decoded) -> list[dict]:
+    """SPECTYPE and P_<CLASS> per decoded row (no values without a class head: the columns keep their fills)."""
+    if decoded.p_class is None:
+        return [{}] * len(decoded.z)
+    names = list(class_columns(decoded.classes).values())
+    return [{"SPECTYPE": kind, **{name: float(p) for name, p in zip(names, row)}}
+            for kind, row in zip(decoded.spectype(), decoded.p_class)]
 
 
 def _flag_notes(zwarn: int, coverage: float) -> list[str]:
@@ -439,6 +449,8 @@ def provenance_header(package: ModelPackage, summary: RunSummary) -> dict:
         "MODELVER": package.version,
         "MODELARC": package.architecture,
         "MODELSHA": package.sha256,
+        # the class head's classes: the catalog has SPECTYPE and P_<CLASS> columns exactly when this card is there
+        **({"CLASSES": ",".join(package.head["classes"])} if has_classes(package.head) else {}),
         "BACKEND": summary.backend[:68],
         # the export's verdict on this file (FAIL: written with --force, its redshifts are not vouched for)
         "PARITY": {True: "pass", False: "FAIL"}.get(package.parity.get("passed"), "none"),

@@ -15,7 +15,8 @@ class Spectrum:
     loglam: log10 of the vacuum wavelength in Angstrom, strictly increasing.
     flux, ivar: same length as loglam; flux in the file's units (1e-17 erg/s/cm2/A for SDSS/DESI).
     good: True where the pixel may be used (ivar > 0, finite, not masked by an honoured bit).
-    meta: identifiers and positions with upper-case keys (PLATE, MJD, FIBERID, TARGETID, RA, DEC, ...).
+    meta: identifiers and positions with upper-case keys (PLATE, MJD, FIBERID, TARGETID, OBSID, DESIG, RA,
+        DEC, ...; META_TYPES are the catalog's columns).
     ivar_known: False when the file carries no inverse variance (e.g. a trimmed spPlate); ivar is then
         1 on good pixels so weighting is uniform, and S/N is reported as unknown.
     notes: reader remarks that end up in the catalog message (e.g. "no ivar HDU: uniform weights").
@@ -44,13 +45,18 @@ class Spectrum:
         return 10.0 ** self.loglam
 
 
-#: Identifier and position keys the catalog stores typed: key -> (kind, lowest, highest valid value).
-#: Readers may put anything a file holds into meta; clean_meta makes these keys safe before anything is written.
+#: Identifier and position keys the catalog stores typed: key -> (kind, lowest, highest valid value; for text
+#: the longest length). Readers may put anything a file holds into meta; clean_meta makes these keys safe before
+#: anything is written.
 META_TYPES: dict[str, tuple[type, float, float]] = {
     "PLATE": (int, 0, 2**31 - 1),
     "MJD": (int, 0, 2**31 - 1),
     "FIBERID": (int, 0, 2**31 - 1),
     "TARGETID": (int, -(2**63), 2**63 - 1),
+    "OBSID": (int, 0, 2**63 - 1),
+    "PLANID": (str, 0, 68),  # 68: the longest string a FITS header card holds
+    "SPID": (int, 0, 2**31 - 1),
+    "DESIG": (str, 0, 68),
     "RA": (float, 0.0, 360.0),
     "DEC": (float, -90.0, 90.0),
 }
@@ -61,6 +67,8 @@ def typed_value(key: str, value: Any) -> tuple[Any, str | None]:
     kind, lo, hi = META_TYPES[key]
     if isinstance(value, (bytes, np.bytes_)):
         value = value.decode("ascii", "replace")
+    if kind is str:
+        return _text_value(key, value, int(hi))
     if isinstance(value, str):
         text = value.strip()
         try:
@@ -82,6 +90,18 @@ def typed_value(key: str, value: Any) -> tuple[Any, str | None]:
     if not lo <= value <= hi:
         return None, f"{key} {value} is outside {lo}..{hi}"
     return value, None
+
+
+def _text_value(key: str, value: Any, longest: int) -> tuple[str | None, str | None]:
+    """A text identifier, stripped; a whole number is taken as its digits (a plan id written as a number)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        value = str(int(value))
+    if not isinstance(value, str):
+        return None, f"{key} {_shown(value)} is not text"
+    text = value.strip()
+    if len(text) > longest or not text.isprintable():
+        return None, f"{key} {_shown(text)} is not an identifier (over {longest} characters or unprintable)"
+    return text, None
 
 
 def _shown(value: Any) -> str:

@@ -25,6 +25,7 @@ class ZWarn(IntFlag):
     MULTIPLE_PEAKS = 1 << 5  # more than quality.max_secondary_mass of P(z) lies away from the peak
     SN_UNKNOWN = 1 << 6  # the file has no inverse variance: S/N and LOW_SN cannot be judged
     IMPLAUSIBLE_DATA = 1 << 7  # flux or S/N beyond what a spectrograph records (units? corrupt values?)
+    CLASS_UNCERTAIN = 1 << 8  # class head only: most probable class below quality.min_class_prob (or NaN)
 
 
 ZWARN_DESCRIPTIONS = {bit.name: bit.value for bit in ZWarn}
@@ -41,8 +42,9 @@ def secondary_mass(pdf: np.ndarray, centres: np.ndarray, z: np.ndarray) -> np.nd
 
 def compute_zwarn(*, coverage: np.ndarray, sn_median: np.ndarray, ivar_known: np.ndarray, z: np.ndarray,
                   z_err: np.ndarray, z_range: tuple[float, float], quality: dict,
-                  pdf: np.ndarray | None = None, centres: np.ndarray | None = None) -> np.ndarray:
-    """ZWARN bit mask for a batch of successfully processed spectra."""
+                  pdf: np.ndarray | None = None, centres: np.ndarray | None = None,
+                  p_class: np.ndarray | None = None) -> np.ndarray:
+    """ZWARN bit mask for a batch of successfully processed spectra (p_class: (n, C) class probabilities)."""
     zwarn = np.zeros(len(z), dtype=np.int32)
     zwarn |= np.where(coverage < quality["min_coverage"], int(ZWarn.LITTLE_COVERAGE), 0).astype(np.int32)
     known = np.asarray(ivar_known, bool)
@@ -61,4 +63,8 @@ def compute_zwarn(*, coverage: np.ndarray, sn_median: np.ndarray, ivar_known: np
     if pdf is not None and centres is not None:
         second = secondary_mass(pdf, centres, z)
         zwarn |= np.where(second > quality["max_secondary_mass"], int(ZWarn.MULTIPLE_PEAKS), 0).astype(np.int32)
+    if p_class is not None:  # a NaN probability propagates through max and fails >=: uncertain too
+        best = np.asarray(p_class, dtype=np.float64).reshape(len(z), -1).max(axis=1, initial=-np.inf)
+        uncertain = ~(best >= quality["min_class_prob"])
+        zwarn |= np.where(uncertain, int(ZWarn.CLASS_UNCERTAIN), 0).astype(np.int32)
     return zwarn

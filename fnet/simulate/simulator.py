@@ -14,7 +14,6 @@ from fnet.simulate.igm import LognormalForest, lyman_limit_transmission
 from fnet.simulate.lattice import lattice
 from fnet.simulate.noise import NoiseLibrary
 from fnet.simulate.observe import (
-    convolve_resolution,
     draw_truncation,
     observe,
     scale_to_magnitude,
@@ -22,6 +21,7 @@ from fnet.simulate.observe import (
 )
 from fnet.simulate.paths import resolve_data_dir
 from fnet.simulate.realdata import boss_spectra
+from fnet.simulate.restframe import convolve_and_erode
 from fnet.simulate.templates import TemplateLibrary, template_library
 
 SOURCES = ("auto", "templates", "parametric", "mixed")
@@ -216,14 +216,7 @@ class QuasarSimulator:
         s_par = obs_rng.uniform(*cfg.resolution_sigma, n)
         s_tpl = obs_rng.uniform(*cfg.template_extra_sigma, n)
         sigma = np.where(is_template, s_tpl, s_par)
-        model = convolve_resolution(model, sigma)
-        if not usable.all():
-            bad = ~usable
-            for sh in range(1, 5):
-                bad[:, sh:] |= ~usable[:, :-sh]
-                bad[:, :-sh] |= ~usable[:, sh:]
-            usable = ~bad
-        model[~usable] = 0.0
+        model, usable = convolve_and_erode(model, usable, sigma)  # model is float32 already: no copy, same bits
 
         aux = {"source": source, "is_template": is_template, "sigma": sigma, "fit_index": fit_index, "logn": logn,
                "bal": bal, "lyman_leak": leak}

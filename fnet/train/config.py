@@ -64,6 +64,7 @@ class LossCfg:
     """Training-only loss options (not exported)."""
 
     label_sigma: float = 0.0  # zbins: Gaussian label smoothing width in bins (0 = hard labels)
+    class_weight: float = 1.0  # class head: weight of its cross-entropy added to the redshift loss
 
 
 @dataclass
@@ -130,6 +131,9 @@ class ValidationCfg:
     """Validation run after every epoch."""
 
     n_simulated: int = 2000  # fixed-seed simulated set (0 = none)
+    # redshifts of that set: "uniform" in z (every range represented) or "simulator" (its own draw, e.g. the
+    # class mix of SpectrumMixSimulator, whose stars need z ~ 0)
+    z_sampling: Literal["simulator", "uniform", "log1p"] = "uniform"
     seed: int = 20240601
     batch_size: int = 256
     shards: str | None = None  # optional pre-built dataset (e.g. the same as data.shards) ...

@@ -1,8 +1,10 @@
 """Training data: a simulated stream and memory-mapped shards, both yielding whole batches.
 
-Every dataset here yields ``(x, target, z)`` batches: x (B, 1, npix) float32 network input,
-target per head (fnet.train.heads.make_targets: (B, 1) float32 scaled z, (B,) int64 bin or
-(B, K) float32 soft bin labels), z (B,) float32 true redshift. Use them with
+Every dataset here yields ``(x, target, z, class_index)`` batches: x (B, 1, npix) float32 network
+input, target per head (fnet.train.heads.make_targets: (B, 1) float32 scaled z, (B,) int64 bin or
+(B, K) float32 soft bin labels), z (B,) float32 true redshift, class_index (B,) int64 into the
+head's ``classes`` (the simulator's ``params["spectype"]``; quasar-only sources and shards are QSO;
+all zeros for a head without classes). Use them with
 ``DataLoader(ds, batch_size=None)`` (``make_loader``): batching happens inside, because the
 simulator and the preprocessing are vectorised over a batch.
 
@@ -60,7 +62,8 @@ from fnet.runtime.preprocess import prepare_arrays
 
 from .heads import make_targets
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
+QUASAR = "QSO"  # the class of every spectrum from a quasar-only source (QuasarSimulator, DR12Q/DR16Q shards)
 
 
 # --------------------------------------------------------------------------------------------
@@ -157,13 +160,35 @@ def draw_z(n: int, z_range: tuple[float, float], sampling: str, rng: np.random.G
     raise ValueError(f"unknown z sampling {sampling!r}")
 
 
-def simulate_prepared(simulator: Any, n: int, grid: Grid, normalisation: dict, z_range: tuple[float, float],
-                      rng: np.random.Generator, z_sampling: str = "simulator") -> tuple[np.ndarray, np.ndarray]:
-    """Simulate n spectra and prepare them exactly as the runtime does; returns x (n, npix) float32, z (n,)."""
+def simulate_labelled(simulator: Any, n: int, grid: Grid, normalisation: dict, z_range: tuple[float, float],
+                      rng: np.random.Generator, z_sampling: str = "simulator") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Simulate n spectra prepared exactly as the runtime does: x (n, npix) float32, z (n,), spectype (n,) str."""
     z = draw_z(n, z_range, z_sampling, rng)
     b = simulator.sample(n, z=z, z_range=tuple(z_range), rng=rng)
     p = prepare_arrays(b.loglam, b.flux, b.ivar, b.good, grid, normalisation)
-    return p.x, np.asarray(b.z, dtype=np.float64)
+    spectype = b.params.get("spectype") if isinstance(b.params, dict) else None
+    spectype = np.full(n, QUASAR, dtype=object) if spectype is None else np.asarray(spectype, dtype=object)
+    return p.x, np.asarray(b.z, dtype=np.float64), spectype
+
+
+def simulate_prepared(simulator: Any, n: int, grid: Grid, normalisation: dict, z_range: tuple[float, float],
+                      rng: np.random.Generator, z_sampling: str = "simulator") -> tuple[np.ndarray, np.ndarray]:
+    """Simulate n spectra and prepare them exactly as the runtime does; returns x (n, npix) float32, z (n,)."""
+    x, z, _ = simulate_labelled(simulator, n, grid, normalisation, z_range, rng, z_sampling)
+    return x, z
+
+
+def class_indices(spectype: np.ndarray | None, head: dict, n: int) -> np.ndarray:
+    """Class labels as int64 indices into head["classes"] (zeros for a head without classes)."""
+    classes = head.get("classes") or []
+    if not classes:
+        return np.zeros(n, dtype=np.int64)
+    names = np.full(n, QUASAR, dtype=object) if spectype is None else np.asarray(spectype, dtype=object)
+    lookup = {c: i for i, c in enumerate(classes)}
+    unknown = sorted(set(names.tolist()) - set(lookup))
+    if unknown:
+        raise ValueError(f"training labels {unknown} are not among the head's classes {classes}")
+    return np.array([lookup[c] for c in names], dtype=np.int64)
 
 
 class SimulatedStream(IterableDataset):
@@ -196,10 +221,12 @@ class SimulatedStream(IterableDataset):
     def batch(self, step: int, worker: int = 0) -> Batch:
         """Batch number `step` of the current epoch."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, self.epoch, step]))
-        x, z = simulate_prepared(self._sim(worker), self.batch_size, self.grid, self.normalisation, self.z_range,
-                                 rng, self.z_sampling)
+        x, z, spectype = simulate_labelled(self._sim(worker), self.batch_size, self.grid, self.normalisation,
+                                           self.z_range, rng, self.z_sampling)
         t = make_targets(z, self.head, self.label_sigma)
-        return torch.from_numpy(x)[:, None, :], torch.from_numpy(t), torch.from_numpy(z.astype(np.float32))
+        c = class_indices(spectype, self.head, len(z))
+        return (torch.from_numpy(x)[:, None, :], torch.from_numpy(t), torch.from_numpy(z.astype(np.float32)),
+                torch.from_numpy(c))
 
     def __iter__(self) -> Iterator[Batch]:
         info = torch.utils.data.get_worker_info()
@@ -271,7 +298,9 @@ class ShardDataset(Dataset):
     def __getitem__(self, indices) -> Batch:
         x, z = self.arrays(np.atleast_1d(indices))
         t = make_targets(z, self.head, self.label_sigma)
-        return torch.from_numpy(x)[:, None, :], torch.from_numpy(t), torch.from_numpy(z.astype(np.float32))
+        c = class_indices(None, self.head, len(z))  # DR12Q/DR16Q shards hold quasars
+        return (torch.from_numpy(x)[:, None, :], torch.from_numpy(t), torch.from_numpy(z.astype(np.float32)),
+                torch.from_numpy(c))
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):
@@ -322,26 +351,31 @@ def make_loader(dataset: Dataset | IterableDataset, num_workers: int = 0, sample
 
 @dataclass
 class ArraySet:
-    """A fixed validation set held in memory: x (n, npix) float32, z (n,), a name for the history."""
+    """A fixed validation set held in memory: x (n, npix) float32, z (n,), a name for the history.
+
+    spectype (n,) class names when known (None: quasars, as for DR16Q-matched real spectra and shards).
+    """
 
     name: str
     x: np.ndarray
     z: np.ndarray
     notes: list[str] = field(default_factory=list)
+    spectype: np.ndarray | None = None
 
 
 def simulated_set(simulator_class: str, simulator_options: dict, grid: Grid, normalisation: dict, n: int, seed: int,
                   z_range: tuple[float, float], z_sampling: str = "uniform", chunk: int = 256) -> ArraySet:
     """Fixed-seed simulated validation spectra (same every epoch and across resumes)."""
     sim = make_simulator(simulator_class, simulator_options, seed)
-    xs, zs = [], []
+    xs, zs, types = [], [], []
     for i, start in enumerate(range(0, n, chunk)):
         rng = np.random.default_rng(np.random.SeedSequence([seed, 0xFA1, i]))
         # Uniform z by default so that every redshift range is represented in the metrics.
-        x, z = simulate_prepared(sim, min(chunk, n - start), grid, normalisation, z_range, rng, z_sampling)
+        x, z, spectype = simulate_labelled(sim, min(chunk, n - start), grid, normalisation, z_range, rng, z_sampling)
         xs.append(x)
         zs.append(z)
-    return ArraySet("simulated", np.concatenate(xs), np.concatenate(zs))
+        types.append(spectype)
+    return ArraySet("simulated", np.concatenate(xs), np.concatenate(zs), spectype=np.concatenate(types))
 
 
 def shard_set(root: str | Path, grid: Grid, normalisation: dict, head: dict, split: str | None = "val",

@@ -11,18 +11,22 @@ import torch
 from ..runtime.backends import Backend
 from ..runtime.model_package import ModelPackage
 from .checkpoint import load_model
+from .heads import named_outputs
 from .package import package_info
 
 
 class TorchBackend(Backend):
     """The runtime Backend interface over a torch model, so checkpoints and ONNX files are judged alike."""
 
-    def __init__(self, model: torch.nn.Module, output: str, device: str = "cpu", float64: bool = False):
+    def __init__(self, model: torch.nn.Module, output: str, device: str = "cpu", float64: bool = False,
+                 head: dict | None = None):
         # float64: the exact function the artefacts approximate, for parity references (on a copy: the caller's
         # model stays float32)
         self.model = (copy.deepcopy(model).double() if float64 else model.float()).eval().to(device)
         self.dtype = torch.float64 if float64 else torch.float32
         self.output = output
+        # the graph output names of a class-head network come from its head (model.head when not given)
+        self.head = head if head is not None else getattr(model, "head", None)
         self.device = device
         self.name = f"torch[{device}{',fp64' if float64 else ''}]"
 
@@ -31,6 +35,8 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             inputs = torch.from_numpy(np.ascontiguousarray(x[:, None, :])).to(self.device, self.dtype)
             out = self.model(inputs)
+        if isinstance(out, (tuple, list)):
+            return {name: value.float().cpu().numpy() for name, value in named_outputs(out, self.head).items()}
         return {self.output: out.float().cpu().numpy()}
 
 

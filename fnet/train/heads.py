@@ -1,6 +1,9 @@
 """Training side of the heads: label transforms and losses. Decoding is fnet.runtime.heads.decode.
 
 - regression: target = (z - z_min) / (z_max - z_min), loss = MSE (the paper's objective).
+- class head (optional, ``head["classes"]``): cross-entropy on the class index, added to the redshift
+  loss with weight ``loss.class_weight``; the redshift loss keeps every class's true z (galaxies' z,
+  stars' z ~ v/c), so one network gives both.
 - zbins: target = the bin holding ln(1 + z) (cross-entropy on a class index), or, with
   ``label_sigma`` > 0 (in bins), a Gaussian over the bin centres centred on the exact ln(1 + z)
   and normalised to sum 1 (cross-entropy with probability targets). The soft target keeps
@@ -14,15 +17,32 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fnet.runtime.heads import Decoded, decode, validate_head
+from fnet.runtime.heads import Decoded, decode, has_classes, validate_head
 
-__all__ = ["validate_head", "head_out_features", "make_targets", "head_loss", "decode_outputs", "Decoded"]
+__all__ = ["validate_head", "head_out_features", "class_count", "named_outputs", "make_targets", "head_loss",
+           "class_loss", "decode_outputs", "Decoded"]
 
 
 def head_out_features(head: dict) -> int:
     """Width of the network's last layer for this head."""
     head = validate_head(head)
     return 1 if head["kind"] == "regression" else head["nbins"]
+
+
+def class_count(head: dict) -> int:
+    """Number of classes of the head's class head (0 without one)."""
+    return len(validate_head(head).get("classes") or [])
+
+
+def named_outputs(outputs: torch.Tensor | tuple, head: dict) -> dict[str, torch.Tensor]:
+    """A network's forward result as {graph output name: tensor}: the redshift output, plus the class logits."""
+    if isinstance(outputs, (tuple, list)):
+        if not has_classes(head) or len(outputs) != 2:
+            raise ValueError(f"network returned {len(outputs)} outputs for head {head!r}")
+        return {head["output"]: outputs[0], head["class_output"]: outputs[1]}
+    if has_classes(head):
+        raise ValueError("head has classes but the network returned one output")
+    return {head["output"]: outputs}
 
 
 def make_targets(z: np.ndarray, head: dict, label_sigma: float = 0.0) -> np.ndarray:
@@ -42,8 +62,10 @@ def make_targets(z: np.ndarray, head: dict, label_sigma: float = 0.0) -> np.ndar
     return (w / w.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
-def head_loss(outputs: torch.Tensor, targets: torch.Tensor, head: dict) -> torch.Tensor:
-    """Mean loss over the batch: MSE on scaled z (regression) or cross-entropy over bins (zbins)."""
+def head_loss(outputs: torch.Tensor | tuple, targets: torch.Tensor, head: dict) -> torch.Tensor:
+    """Mean redshift loss over the batch: MSE on scaled z (regression) or cross-entropy over bins (zbins)."""
+    if isinstance(outputs, (tuple, list)):
+        outputs = named_outputs(outputs, head)[head["output"]]
     outputs = outputs.float()  # losses in fp32 even under autocast
     if head["kind"] == "regression":
         return F.mse_loss(outputs, targets.float().view_as(outputs))
@@ -52,6 +74,14 @@ def head_loss(outputs: torch.Tensor, targets: torch.Tensor, head: dict) -> torch
     return F.cross_entropy(outputs, targets.float())
 
 
-def decode_outputs(outputs: torch.Tensor, head: dict) -> Decoded:
+def class_loss(outputs: torch.Tensor | tuple, class_index: torch.Tensor, head: dict) -> torch.Tensor:
+    """Mean cross-entropy of the class head (0 for a network without one)."""
+    if not has_classes(head):
+        return torch.zeros(())
+    logits = named_outputs(outputs, head)[head["class_output"]].float()
+    return F.cross_entropy(logits, class_index.long().to(logits.device))
+
+
+def decode_outputs(outputs: torch.Tensor | tuple, head: dict) -> Decoded:
     """Decode a batch of network outputs with the runtime's numpy decoder (no drift by construction)."""
-    return decode({head["output"]: outputs.detach().float().cpu().numpy()}, head)
+    return decode({k: v.detach().float().cpu().numpy() for k, v in named_outputs(outputs, head).items()}, head)

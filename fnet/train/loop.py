@@ -35,10 +35,10 @@ from fnet.runtime.atomic import atomic_write_text
 
 from .checkpoint import load_checkpoint, model_metadata, rng_state, save_checkpoint, set_rng_state
 from .config import Config, ScheduleCfg, load_config
-from .data import (ArraySet, EpochBatchSampler, ShardDataset, SimulatedStream, make_loader, real_set, shard_set,
-                   simulated_set)
+from .data import (ArraySet, EpochBatchSampler, ShardDataset, SimulatedStream, class_indices, make_loader, real_set,
+                   shard_set, simulated_set)
 from .fft_conv import convert_convolutions
-from .heads import head_loss, make_targets
+from .heads import class_loss, head_loss, make_targets, named_outputs
 from .model import build_model, count_macs, count_parameters
 
 log = logging.getLogger("fnet.train")
@@ -122,7 +122,7 @@ def validation_sets(cfg: Config, grid) -> list[ArraySet]:
     sets = []
     if v.n_simulated > 0 and d.source == "simulate":
         sets.append(simulated_set(d.simulator_class, d.simulator, grid, cfg.normalisation, v.n_simulated, v.seed,
-                                  tuple(d.z_range), "uniform"))
+                                  tuple(d.z_range), v.z_sampling))
     if v.shards:
         sets.append(shard_set(v.shards, grid, cfg.normalisation, cfg.head, v.shards_split, v.shards_limit))
     if v.real_dir:
@@ -138,24 +138,27 @@ def _autocast(device: torch.device, cfg: Config):
 
 @torch.no_grad()
 def predict_outputs(model: torch.nn.Module, x: np.ndarray, device: torch.device, batch_size: int,
-                    cfg: Config | None = None) -> torch.Tensor:
-    """Raw network outputs (float32, CPU) for x (n, npix), in eval mode."""
+                    cfg: Config | None = None, head: dict | None = None) -> dict[str, torch.Tensor]:
+    """Raw network outputs by graph output name (float32, CPU) for x (n, npix), in eval mode."""
+    head = head if head is not None else (cfg.head if cfg is not None else model.head)
     model.eval()
-    outs = []
+    outs: dict[str, list[torch.Tensor]] = {}
     for s in range(0, len(x), batch_size):
         xb = torch.from_numpy(np.ascontiguousarray(x[s:s + batch_size], dtype=np.float32))[:, None, :].to(device)
         with _autocast(device, cfg) if cfg is not None else nullcontext():
-            outs.append(model(xb).float().cpu())
-    return torch.cat(outs) if outs else torch.empty(0)
+            for name, value in named_outputs(model(xb), head).items():
+                outs.setdefault(name, []).append(value.float().cpu())
+    return {name: torch.cat(parts) for name, parts in outs.items()}
 
 
 def validate(model: torch.nn.Module, vset: ArraySet, cfg: Config, device: torch.device) -> tuple[dict, dict]:
     """(summary for the history, full fnet.metrics report) on one validation set."""
     outputs = predict_outputs(model, vset.x, device, cfg.validation.batch_size, cfg)
     targets = torch.from_numpy(make_targets(vset.z, cfg.head, cfg.loss.label_sigma))
-    loss = float(head_loss(outputs, targets, cfg.head))
+    loss = float(head_loss(outputs[cfg.head["output"]], targets, cfg.head))
     # scored exactly as fnet-eval and the test-split report score (the runtime's decoder: no drift)
-    rep = score_outputs({cfg.head["output"]: outputs.numpy()}, cfg.head, vset.z)
+    numpy_outputs = {name: value.numpy() for name, value in outputs.items()}
+    rep = score_outputs(numpy_outputs, cfg.head, vset.z)
     summary = {
         "n": rep["n"], "loss": loss, "median_abs_dv": rep["median_abs_dv"], "p68_abs_dv": rep["p68_abs_dv"],
         "catastrophic_rate": rep["catastrophic_rate"],
@@ -164,7 +167,28 @@ def validate(model: torch.nn.Module, vset: ArraySet, cfg: Config, device: torch.
     cal = rep.get("z_err_calibration") or {}
     if "within_1_sigma" in cal:
         summary["z_err_within_1_sigma"] = cal["within_1_sigma"]
+    if cfg.head.get("classes"):
+        summary.update(class_summary(numpy_outputs, cfg.head, vset))
     return summary, rep
+
+
+def class_summary(outputs: dict[str, np.ndarray], head: dict, vset: ArraySet) -> dict:
+    """Class-head accuracy on a validation set: overall, per true class, and the redshift score of each class."""
+    from fnet.metrics import velocity_offsets
+    from fnet.runtime.heads import decode
+
+    decoded = decode(outputs, head)
+    truth = np.asarray(class_indices(vset.spectype, head, len(vset.z)))
+    predicted = np.nan_to_num(decoded.p_class, nan=-1.0).argmax(axis=1)
+    dv = np.abs(velocity_offsets(decoded.z, vset.z))
+    summary: dict = {"class_accuracy": float(np.mean(predicted == truth))}
+    for i, name in enumerate(head["classes"]):
+        rows = truth == i
+        if rows.any():
+            summary[f"class_recall_{name}"] = float(np.mean(predicted[rows] == i))
+            summary[f"median_abs_dv_{name}"] = float(np.median(dv[rows]))
+            summary[f"frac_1000_{name}"] = float(np.mean(dv[rows] <= 1000.0))
+    return summary
 
 
 def _metric_value(summary: dict | None, name: str) -> float:
@@ -336,12 +360,14 @@ def _train_epoch(run: _Run, loader, epoch: int, steps: int, show: bool,
     loss_sum, n_seen, n_batches, bad_steps = 0.0, 0, 0, 0
     bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not show, leave=False, dynamic_ncols=True)
     t_wait = time.perf_counter()
-    for x, target, _z in loader:
+    for x, target, _z, class_index in loader:
         wait += time.perf_counter() - t_wait
         x, target = x.to(run.device, non_blocking=True), target.to(run.device, non_blocking=True)
         with _autocast(run.device, cfg):
             out = run.model(x)
         loss = head_loss(out, target, cfg.head)
+        if cfg.head.get("classes"):
+            loss = loss + cfg.loss.class_weight * class_loss(out, class_index, cfg.head).to(loss.device)
         if not torch.isfinite(loss):
             # fp16 activations can overflow now and then: skip that batch (GradScaler backs off on its
             # own for gradients); in fp32, or when it keeps happening, the run has diverged.

@@ -48,7 +48,7 @@ from torch import nn
 
 from fnet.runtime.grid import Grid
 
-from .heads import head_out_features, validate_head
+from .heads import class_count, head_out_features, validate_head
 
 
 @dataclass(frozen=True)
@@ -135,6 +135,8 @@ class FNet(nn.Module):
             width = hidden
         self.fc = nn.Sequential(*layers)
         self.out = nn.Linear(width, head_out_features(self.head))
+        # the class head reads the same last hidden layer as the redshift head (trained jointly)
+        self.cls = nn.Linear(width, class_count(self.head)) if class_count(self.head) else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -155,9 +157,10 @@ class FNet(nn.Module):
         """Architecture, head and grid as JSON-ready dicts (what the model package stores)."""
         return {"arch": self.spec.name, "head": dict(self.head), "grid": self.grid.to_dict()}
 
-    def forward(self, flux: torch.Tensor) -> torch.Tensor:
-        """(N, 1, npix) -> (N, 1) scaled z (regression) or (N, K) logits (zbins)."""
-        return self.out(self.fc(self.features(flux)))
+    def forward(self, flux: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """(N, 1, npix) -> (N, 1) scaled z (regression) or (N, K) logits (zbins); plus (N, C) class logits."""
+        hidden = self.fc(self.features(flux))
+        return self.out(hidden) if self.cls is None else (self.out(hidden), self.cls(hidden))
 
 
 @dataclass(frozen=True)
@@ -197,14 +200,12 @@ class PooledCNN(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(cin * length, spec.fc), nn.ReLU())
         self.out = nn.Linear(spec.fc, head_out_features(self.head))
+        self.cls = nn.Linear(spec.fc, class_count(self.head)) if class_count(self.head) else None
         FNet._init_weights(self)
 
     output_name = FNet.output_name
     metadata = FNet.metadata
-
-    def forward(self, flux: torch.Tensor) -> torch.Tensor:
-        """(N, 1, npix) -> (N, 1) scaled z (regression) or (N, K) logits (zbins)."""
-        return self.out(self.fc(self.features(flux)))
+    forward = FNet.forward
 
 
 def build_model(arch: str, head: dict, grid: Grid) -> nn.Module:

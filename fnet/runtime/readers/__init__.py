@@ -116,6 +116,8 @@ def read_spectra(path: str | Path) -> list[Spectrum]:
     with fits_open.open_fits_bytes(path) as (fileobj, layout, _compressed):
         if layout.names[1:2] == ["FNET"]:
             raise CatalogFileError(str(path), "an fnet-run catalog (HDU FNET), not a spectra file")
+        if layout.names[1:2] == ["PRIORS"]:  # fnet-run --priors output left beside the spectra it came from
+            raise CatalogFileError(str(path), "a redrock priors file (HDU PRIORS), not a spectra file")
         spectra = _read_open(fileobj, path, layout)
     for spectrum in spectra:
         spectrum.notes.extend(layout.notes)

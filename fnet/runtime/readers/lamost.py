@@ -6,7 +6,8 @@ continuum, 3 AND mask, 4 OR mask. Wavelength: loglam = COEFF0 + COEFF1 * i, vacu
 At first glance this is a DR7 spSpec image (also 5 rows, also COEFF0/COEFF1), but there row 2 is the
 error sigma: the two are told apart by TELESCOP / EXTEN0, never by the shape.
 RA/DEC in a LAMOST header are the object's ("Right ascension of object"); CLASS, SUBCLASS and Z are the
-LAMOST pipeline's. Flux is relatively calibrated only (arbitrary units), which the normalisation absorbs.
+LAMOST pipeline's. Identifiers: OBSID (the archive's unique id; DR2 and later headers), PLANID/SPID/FIBERID
+(plan, spectrograph, fiber) and DESIG ("LAMOST JHHMMSS.ss+DDMMSS.s"). Flux is relatively calibrated only (arbitrary units), which the normalisation absorbs.
 LAMOST AND-mask bits (BADCCD, BADPROFILE, NOSKY, BRIGHTSKY, BADCENTER, NODATA) all mark defects: any set
 bit makes a pixel bad.
 """
@@ -26,6 +27,7 @@ from .wavelengths import snap_loglam, vacuum_loglam
 FORMAT = "lamost"
 
 _ROW_NAMES = ("FLUX", "INVERSE", "SUBCONTINUUM", "ANDMASK", "ORMASK")
+_HEADER_KEYS = ("OBSID", "PLANID", "SPID", "FIBERID", "DESIG", "MJD", "RA", "DEC")
 
 
 def _row_names(header: fits.Header) -> list[str]:
@@ -63,14 +65,10 @@ def read(hdul: fits.HDUList, path: str | Path) -> list[Spectrum]:
         good &= np.nan_to_num(np.asarray(image[names.index("ANDMASK")], dtype=np.float64)) == 0
     else:
         notes.append("no Andmask row: only ivar and finiteness define good pixels")
-    meta = {
-        "MJD": scalar(header["MJD"]) if "MJD" in header else None,
-        "FIBERID": scalar(header["FIBERID"]) if "FIBERID" in header else None,
-        "RA": scalar(header["RA"]) if "RA" in header else None,
-        "DEC": scalar(header["DEC"]) if "DEC" in header else None,
-        "PIPELINE_CLASS": scalar(header["CLASS"]) if "CLASS" in header else None,
-        "PIPELINE_Z": scalar(header["Z"]) if "Z" in header else None,
-    }
+    # identifiers as the header names them (OBSID since DR2; DR1 files have PLANID/SPID/FIBERID and DESIG)
+    meta = {key: scalar(header[key]) for key in _HEADER_KEYS if key in header}
+    meta.update({name: scalar(header[key]) for name, key in (("PIPELINE_CLASS", "CLASS"), ("PIPELINE_Z", "Z"))
+                 if key in header})
     return [
         Spectrum(
             source=str(path), row=0, loglam=loglam, flux=flux, ivar=ivar, good=good, format=FORMAT,
