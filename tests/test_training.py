@@ -113,8 +113,9 @@ def test_simulated_stream_is_deterministic_and_worker_independent():
     serial = list(make_loader(ds, num_workers=0))
     parallel = list(make_loader(ds, num_workers=2))
     assert len(serial) == len(parallel) == 4
-    for (xa, ta, za), (xb, tb, zb) in zip(serial, parallel):
+    for (xa, ta, za, ca), (xb, tb, zb, cb) in zip(serial, parallel):
         assert xa.shape == (4, 1, 578) and xa.dtype == torch.float32 and ta.shape == (4, 64)
+        assert ca.dtype == torch.int64 and not ca.any()  # a head without classes: all class 0
         torch.testing.assert_close(xa, xb)
         torch.testing.assert_close(za, zb)
     ds.set_epoch(3)
@@ -128,7 +129,8 @@ def test_shards_round_trip_and_contract(tmp_path):
     write_shard(tmp_path / "shard-00001", x[20:], z[20:], SMALL_GRID, NORM, split="val")
     train_ds = ShardDataset(tmp_path, ZB, SMALL_GRID, NORM, split="train")
     assert len(train_ds) == 20
-    xb, tb, zb = train_ds[[3, 0, 19]]
+    xb, tb, zb, cb = train_ds[[3, 0, 19]]
+    assert cb.tolist() == [0, 0, 0]
     np.testing.assert_allclose(xb[:, 0].numpy(), x[[3, 0, 19]], atol=1e-2, rtol=1e-3)  # float16 on disk
     np.testing.assert_allclose(zb.numpy(), z[[3, 0, 19]], rtol=1e-6)
     both = ShardDataset(tmp_path, ZB, split=None)
