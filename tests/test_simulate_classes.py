@@ -194,6 +194,18 @@ def test_given_redshifts():
     assert np.array_equal(o.z[q], z[q]) and (~q).sum() > 10
 
 
+def test_galaxy_redshift_shapes_are_configurable():
+    _templates()
+    default = SpectrumMixSimulator(seed=5, mix={"GALAXY": 1}).sample(200)
+    nearby = SpectrumMixSimulator(seed=5, mix={"GALAXY": 1}, galaxy_z_range=(0.001, 1.2),
+                                  galaxy_z_shapes={"LRG": (0.1, 0.05), "ELG": (0.1, 0.05),
+                                                   "intermediate": (0.1, 0.05)}).sample(200)
+    assert np.median(nearby.z) < 0.2 < np.median(default.z)
+    assert nearby.z.min() >= 0.001 and nearby.z.max() <= 1.2
+    with pytest.raises(ValueError, match="z_shapes"):
+        SpectrumMixSimulator(seed=5, mix={"GALAXY": 1}, galaxy_z_shapes={"LRG": (0.1, 0.0)})
+
+
 def test_quasar_noiseless_matches_sample():
     """QuasarSimulator.noiseless draws exactly what sample() calibrates and observes (same streams)."""
     sim = QuasarSimulator("parametric", data_dir="/nonexistent", seed=1)

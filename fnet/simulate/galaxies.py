@@ -25,7 +25,8 @@ Subtypes, measured on each seed's own rest spectrum (restframe.equivalent_width 
   "intermediate" the rest (weak emission, moderate break)
 Redshift per subtype (GALAXY_Z_SHAPES), truncated to z_range (default 0.005-1.2): 80% Gaussian + 20% uniform floor
 so every z is populated. Gaussians: LRG N(0.5, 0.2) (the BOSS CMASS/eBOSS LRG peak), ELG N(0.8, 0.25) (eBOSS ELG
-peak ~0.85), intermediate N(0.3, 0.2) (SDSS main-sample-like, low z). A modelling choice, not a fit.
+peak ~0.85), intermediate N(0.3, 0.2) (SDSS main-sample-like, low z). A modelling choice, not a fit; `z_shapes`
+(SpectrumMixSimulator option galaxy_z_shapes) replaces any of them.
 """
 
 from __future__ import annotations
@@ -214,8 +215,12 @@ class GalaxyModel:
 
     def __init__(self, data_dir: Path, subtype_weights: dict[str, float] | None = None,
                  source_weights: dict[str, float] | None = None, z_range: tuple[float, float] = (0.005, 1.2),
-                 tilt_sigma: float = 0.2):
+                 tilt_sigma: float = 0.2, z_shapes: dict[str, tuple[float, float]] | None = None):
         self.lib = galaxy_library(data_dir)
+        # (mean, sigma) of the Gaussian part of each subtype's z draw; GALAXY_Z_SHAPES unless given
+        self.z_shapes = {**GALAXY_Z_SHAPES, **{k: tuple(map(float, v)) for k, v in (z_shapes or {}).items()}}
+        if set(self.z_shapes) - set(SUBTYPES) or any(len(v) != 2 or v[1] <= 0 for v in self.z_shapes.values()):
+            raise ValueError(f"galaxy z_shapes must map subtypes {SUBTYPES} to (mean, sigma > 0), got {z_shapes}")
         sw = {"LRG": 0.4, "ELG": 0.4, "intermediate": 0.2} if subtype_weights is None else dict(subtype_weights)
         if set(sw) - set(SUBTYPES):
             raise ValueError(f"galaxy subtypes must be among {SUBTYPES}, got {sorted(sw)}")
@@ -238,7 +243,7 @@ class GalaxyModel:
 
     def draw_z(self, subtype: np.ndarray, rng: np.random.Generator, lam_min: float, lam_max: float,
                z_range: tuple[float, float] | None = None) -> np.ndarray:
-        """Redshifts per subtype (80% Gaussian GALAXY_Z_SHAPES, 20% uniform) inside z_range, where drawable."""
+        """Redshifts per subtype (80% Gaussian z_shapes, 20% uniform) inside z_range, where drawable."""
         lo, hi = z_range or self.z_range
         z = np.full(len(subtype), np.nan)
         todo = np.ones(len(z), bool)
@@ -246,8 +251,8 @@ class GalaxyModel:
             if not todo.any():
                 break
             rows = np.nonzero(todo)[0]
-            mu = np.array([GALAXY_Z_SHAPES[s][0] for s in subtype[rows]])
-            sd = np.array([GALAXY_Z_SHAPES[s][1] for s in subtype[rows]])
+            mu = np.array([self.z_shapes[s][0] for s in subtype[rows]])
+            sd = np.array([self.z_shapes[s][1] for s in subtype[rows]])
             draw = np.where(rng.random(len(rows)) < 0.8, mu + sd * rng.standard_normal(len(rows)),
                             rng.uniform(lo, hi, len(rows)))
             ok = (draw >= lo) & (draw <= hi)
