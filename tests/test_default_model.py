@@ -47,3 +47,17 @@ def test_trimmed_forest_only_spectra_are_flagged_not_trusted(tmp_path):
     CliRunner().invoke(run_command, [str(pk1d / "spec-*.fits"), "-o", str(out), "-q"])
     cat = read_catalog(out)
     assert len(cat) == 8 and np.all(cat["ZWARN"] & 2)  # LITTLE_COVERAGE
+
+
+def test_default_model_knows_stars_from_quasars_on_real_spectra():
+    """Floors, not the measured values (README has those: 67/67 QSO, 171/176 STAR): a class-head regression fails."""
+    dr16, lamost = require_shared("sdss", "dr16"), require_shared("lamost", "dr1")
+    package = load_model_package(default_model_path())
+    assert package.head["classes"] == ["QSO", "STAR", "GALAXY"] and package.metadata["fnet.contract_version"] == "2"
+    predict, _ = onnx_predictor(default_model_path(), device="cpu")
+    quasars, _, _ = collect([str(dr16)], read_truth(dr16 / "cat_for_clustering_plate3655.fits.gz"))
+    stars, _, _ = collect([str(lamost)], read_truth(lamost / "truth.csv"))
+    assert len(quasars) == 67 and len(stars) == 176
+    assert np.sum(predict(quasars).spectype() == "QSO") >= 64
+    star_types = predict(stars).spectype()
+    assert np.mean(star_types == "STAR") >= 0.93

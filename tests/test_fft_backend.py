@@ -36,7 +36,9 @@ def test_the_graph_reader_agrees_with_the_onnx_package():
         for attr in theirs.attribute:
             value = helper.get_attribute_value(attr)
             assert ours.attributes[attr.name] == (list(value) if isinstance(value, (list, tuple)) else value)
-    assert graph.inputs == ["flux"] and graph.outputs == ["logits"]
+    package = load_model_package(path)
+    assert graph.inputs == ["flux"] and graph.outputs == [package.head["output"]] + (
+        [package.head["class_output"]] if package.head.get("classes") else [])
 
 
 def test_fast_lengths_are_5_smooth_and_enough():

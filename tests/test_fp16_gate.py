@@ -212,7 +212,7 @@ def shipped_default_network() -> tuple[nn.Module, PackageInfo]:
     weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
     net = build_model(package.architecture, package.head, package.grid).eval()
     convs = [m for m in net.features if isinstance(m, nn.Conv1d)]
-    linears = [m for m in net.fc if isinstance(m, nn.Linear)] + [net.out]
+    linears = [m for m in net.fc if isinstance(m, nn.Linear)] + [net.out] + ([net.cls] if net.cls is not None else [])
     nodes = [n for n in graph.node if n.op_type == "Conv"], [n for n in graph.node if n.op_type == "Gemm"]
     assert len(nodes[0]) == len(convs) and len(nodes[1]) == len(linears)
     with torch.no_grad():
