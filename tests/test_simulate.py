@@ -151,7 +151,7 @@ def test_masks_and_zero_ivar_come_from_real_vectors():
     assert sim.noise.kind == "real" and len(sim.noise) >= 80
     b = sim.sample(128)
     k = np.arange(len(b.loglam))
-    fracs_sim, inside_all = [], []
+    fracs_sim = []
     for i in range(len(b)):
         v = b.params["noise_vector"][i]
         inside = (k >= b.params["pix_start"][i]) & (k <= b.params["pix_end"][i]) & sim.noise.present[v]

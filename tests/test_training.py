@@ -151,7 +151,7 @@ def test_train_from_shards(tmp_path):
     x, z = simulate_prepared(ToySimulator(seed=1), 48, SMALL_GRID, NORM, (0.0, 7.0), rng, "uniform")
     write_shard(tmp_path / "data" / "shard-00000", x[:32], z[:32], SMALL_GRID, NORM)
     write_shard(tmp_path / "data" / "shard-00001", x[32:], z[32:], SMALL_GRID, NORM, split="val")
-    res = train(SMOKE, smoke_overrides(tmp_path / "run", f"data.source=shards", f"data.shards={tmp_path / 'data'}",
+    res = train(SMOKE, smoke_overrides(tmp_path / "run", "data.source=shards", f"data.shards={tmp_path / 'data'}",
                                        "train.steps_per_epoch=null", "train.epochs=1", "validation.n_simulated=0",
                                        f"validation.shards={tmp_path / 'data'}"))
     rec = res.history[0]
