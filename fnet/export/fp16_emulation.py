@@ -49,7 +49,7 @@ from torch import fx, nn
 
 from ..runtime.backends import run_in_batches
 from ..train.fft_conv import plain_copy
-from ..train.heads import named_outputs
+from ..train.heads import numpy_outputs
 
 ACCUMULATIONS = ("fp32", "fp16")
 HEADS = ("out", "cls")  # the modules that decide the redshift and the class: FP32 in an FP16 package
@@ -203,7 +203,7 @@ def emulated_fp16_outputs(model: nn.Module, output_name: str, x: np.ndarray, *, 
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             out = interpreter.run(torch.from_numpy(np.ascontiguousarray(batch[:, None, :], dtype=np.float32)))
-        return _named(model, output_name, out)
+        return numpy_outputs(out, getattr(model, "head", None), output_name)
 
     return run_in_batches(run, x, _batch_size(model, x.shape[1], memory))
 
@@ -216,16 +216,9 @@ def device_fp16_outputs(model: nn.Module, output_name: str, x: np.ndarray, devic
     def run(batch: np.ndarray) -> dict[str, np.ndarray]:
         with torch.inference_mode():
             out = net(torch.from_numpy(np.ascontiguousarray(batch[:, None, :], dtype=np.float32)).to(device))
-        return _named(model, output_name, out)
+        return numpy_outputs(out, getattr(model, "head", None), output_name)
 
     return run_in_batches(run, x, batch_size)
-
-
-def _named(model: nn.Module, output_name: str, out) -> dict[str, np.ndarray]:
-    """The forward result as {graph output name: float32 array} (a class head adds its logits)."""
-    if isinstance(out, (tuple, list)):
-        return {name: value.float().cpu().numpy() for name, value in named_outputs(out, model.head).items()}
-    return {output_name: out.float().cpu().numpy()}
 
 
 def fp16_arithmetic_outputs(model: nn.Module, output_name: str, x: np.ndarray) -> tuple[dict[str, np.ndarray], str]:

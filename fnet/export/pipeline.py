@@ -66,12 +66,13 @@ def parity_inputs(grid: Grid, normalisation: dict, spectra: Sequence[str] = (), 
     if n_simulated:
         from ..simulate import QuasarSimulator, SpectrumMixSimulator
 
-        what = "simulated spectra"
-        try:
-            simulator = SpectrumMixSimulator(seed=seed) if classes else QuasarSimulator(source="auto", seed=seed)
-            what = "simulated spectra (quasars, stars, galaxies)" if classes else what
-        except FileNotFoundError:  # no star/galaxy templates here: quasars only, and the report says so
-            simulator = QuasarSimulator(source="auto", seed=seed)
+        simulator, what = None, "simulated spectra"
+        if classes:
+            try:
+                simulator, what = SpectrumMixSimulator(seed=seed), "simulated spectra (quasars, stars, galaxies)"
+            except FileNotFoundError:  # no star/galaxy templates here: quasars only, and the report says so
+                pass
+        simulator = simulator or QuasarSimulator(source="auto", seed=seed)
         batch = simulator.sample(n_simulated)
         xs.append(prepare_arrays(batch.loglam, batch.flux, batch.ivar, batch.good, grid, normalisation).x)
         sources.append(f"{n_simulated} {what}")

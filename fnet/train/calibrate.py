@@ -34,7 +34,7 @@ def fit_z_err_scale(model: torch.nn.Module, head: dict, grid: Grid, normalisatio
     sim = make_simulator(simulator_class, simulator_options, seed)
     backend = TorchBackend(model, head["output"], head=head)
     unscaled = {k: v for k, v in head.items() if k != "z_err_scale"}
-    ratios, z_true_all = [], []
+    ratios = []
     for i, start in enumerate(range(0, n, batch_size)):
         rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
         x, z_true, spectype = simulate_labelled(sim, min(batch_size, n - start), grid, normalisation, z_range, rng)
@@ -42,7 +42,6 @@ def fit_z_err_scale(model: torch.nn.Module, head: dict, grid: Grid, normalisatio
         quasar = np.asarray(spectype, dtype=object) == QUASAR
         ok = quasar & np.isfinite(decoded.z_err) & (decoded.z_err > 0)
         ratios.append(np.abs(decoded.z[ok] - z_true[ok]) / decoded.z_err[ok])
-        z_true_all.append(z_true[ok])
     r = np.concatenate(ratios)
     if r.size < 50:
         raise ValueError(f"only {r.size} simulated quasars with a Z_ERR: too few to calibrate")

@@ -11,7 +11,7 @@ import torch
 from ..runtime.backends import Backend
 from ..runtime.model_package import ModelPackage
 from .checkpoint import load_model
-from .heads import named_outputs
+from .heads import numpy_outputs
 from .package import package_info
 
 
@@ -35,9 +35,7 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             inputs = torch.from_numpy(np.ascontiguousarray(x[:, None, :])).to(self.device, self.dtype)
             out = self.model(inputs)
-        if isinstance(out, (tuple, list)):
-            return {name: value.float().cpu().numpy() for name, value in named_outputs(out, self.head).items()}
-        return {self.output: out.float().cpu().numpy()}
+        return numpy_outputs(out, self.head, self.output)
 
 
 def reference_outputs(model: torch.nn.Module, output: str, x: np.ndarray, memory: float = 2 * 2 ** 30,

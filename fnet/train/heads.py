@@ -19,8 +19,8 @@ import torch.nn.functional as F
 
 from fnet.runtime.heads import Decoded, decode, has_classes, validate_head
 
-__all__ = ["validate_head", "head_out_features", "class_count", "named_outputs", "make_targets", "head_loss",
-           "class_loss", "decode_outputs", "Decoded"]
+__all__ = ["validate_head", "head_out_features", "class_count", "named_outputs", "numpy_outputs", "make_targets",
+           "head_loss", "class_loss", "decode_outputs", "Decoded"]
 
 
 def head_out_features(head: dict) -> int:
@@ -82,6 +82,19 @@ def class_loss(outputs: torch.Tensor | tuple, class_index: torch.Tensor, head: d
     return F.cross_entropy(logits, class_index.long().to(logits.device))
 
 
+def numpy_outputs(outputs: torch.Tensor | tuple, head: dict | None, output_name: str) -> dict[str, np.ndarray]:
+    """A forward result as {graph output name: float32 array}, as a backend's run returns it.
+
+    A tuple (a class-head network) is named by its head; a single tensor is `output_name` (networks without
+    a head dict, e.g. test nets, have only that one).
+    """
+    if isinstance(outputs, (tuple, list)):
+        named = named_outputs(outputs, head)
+    else:
+        named = {output_name: outputs}
+    return {k: v.detach().float().cpu().numpy() for k, v in named.items()}
+
+
 def decode_outputs(outputs: torch.Tensor | tuple, head: dict) -> Decoded:
     """Decode a batch of network outputs with the runtime's numpy decoder (no drift by construction)."""
-    return decode({k: v.detach().float().cpu().numpy() for k, v in named_outputs(outputs, head).items()}, head)
+    return decode(numpy_outputs(outputs, head, head["output"]), head)

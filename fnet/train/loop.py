@@ -157,8 +157,9 @@ def validate(model: torch.nn.Module, vset: ArraySet, cfg: Config, device: torch.
     targets = torch.from_numpy(make_targets(vset.z, cfg.head, cfg.loss.label_sigma))
     loss = float(head_loss(outputs[cfg.head["output"]], targets, cfg.head))
     # scored exactly as fnet-eval and the test-split report score (the runtime's decoder: no drift)
-    numpy_outputs = {name: value.numpy() for name, value in outputs.items()}
-    rep = score_outputs(numpy_outputs, cfg.head, vset.z)
+    classes = cfg.head.get("classes")
+    truth = np.asarray(classes)[class_indices(vset.spectype, cfg.head, len(vset.z))] if classes else None
+    rep = score_outputs({name: value.numpy() for name, value in outputs.items()}, cfg.head, vset.z, truth)
     summary = {
         "n": rep["n"], "loss": loss, "median_abs_dv": rep["median_abs_dv"], "p68_abs_dv": rep["p68_abs_dv"],
         "catastrophic_rate": rep["catastrophic_rate"],
@@ -167,27 +168,21 @@ def validate(model: torch.nn.Module, vset: ArraySet, cfg: Config, device: torch.
     cal = rep.get("z_err_calibration") or {}
     if "within_1_sigma" in cal:
         summary["z_err_within_1_sigma"] = cal["within_1_sigma"]
-    if cfg.head.get("classes"):
-        summary.update(class_summary(numpy_outputs, cfg.head, vset))
+    if "classification" in rep:
+        summary.update(class_summary(rep["classification"]))
     return summary, rep
 
 
-def class_summary(outputs: dict[str, np.ndarray], head: dict, vset: ArraySet) -> dict:
-    """Class-head accuracy on a validation set: overall, per true class, and the redshift score of each class."""
-    from fnet.metrics import velocity_offsets
-    from fnet.runtime.heads import decode
-
-    decoded = decode(outputs, head)
-    truth = np.asarray(class_indices(vset.spectype, head, len(vset.z)))
-    predicted = np.nan_to_num(decoded.p_class, nan=-1.0).argmax(axis=1)
-    dv = np.abs(velocity_offsets(decoded.z, vset.z))
-    summary: dict = {"class_accuracy": float(np.mean(predicted == truth))}
-    for i, name in enumerate(head["classes"]):
-        rows = truth == i
-        if rows.any():
-            summary[f"class_recall_{name}"] = float(np.mean(predicted[rows] == i))
-            summary[f"median_abs_dv_{name}"] = float(np.median(dv[rows]))
-            summary[f"frac_1000_{name}"] = float(np.mean(dv[rows] <= 1000.0))
+def class_summary(classification: dict) -> dict:
+    """History numbers from fnet.metrics' classification report: accuracy, recall and z score per true class."""
+    counts = np.asarray(classification["counts"])
+    summary: dict = {"class_accuracy": float(np.trace(counts) / max(classification["n"], 1))}
+    for name, done in classification["completeness"].items():
+        if done["n"]:
+            z = classification["redshift_by_true_class"][name]
+            summary[f"class_recall_{name}"] = done["fraction"]
+            summary[f"median_abs_dv_{name}"] = z["median_abs_dv"]
+            summary[f"frac_1000_{name}"] = z["fractions"]["1000"]["fraction"]
     return summary
 
 

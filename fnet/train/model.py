@@ -136,7 +136,8 @@ class FNet(nn.Module):
         self.fc = nn.Sequential(*layers)
         self.out = nn.Linear(width, head_out_features(self.head))
         # the class head reads the same last hidden layer as the redshift head (trained jointly)
-        self.cls = nn.Linear(width, class_count(self.head)) if class_count(self.head) else None
+        n_classes = class_count(self.head)
+        self.cls = nn.Linear(width, n_classes) if n_classes else None
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -200,7 +201,8 @@ class PooledCNN(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.fc = nn.Sequential(nn.Flatten(), nn.Linear(cin * length, spec.fc), nn.ReLU())
         self.out = nn.Linear(spec.fc, head_out_features(self.head))
-        self.cls = nn.Linear(spec.fc, class_count(self.head)) if class_count(self.head) else None
+        n_classes = class_count(self.head)
+        self.cls = nn.Linear(spec.fc, n_classes) if n_classes else None
         FNet._init_weights(self)
 
     output_name = FNet.output_name
