@@ -4,6 +4,7 @@
     python benchmarks/bench_fft.py --batch 8 --repeats 3
     python benchmarks/bench_fft.py --profile  # also where the FFT backend's time goes (per stage, paper network)
     python benchmarks/bench_fft.py --conv-rule  # measure the FFT/direct cost constants of fnet.runtime.fft_conv
+    python benchmarks/bench_fft.py --engines    # the paper network through each installed CPU FFT engine, one run
 
 The paper network is exported with random weights (same cost as a trained one; needs torch for the
 export only). Inputs are real dr16 spectra prepared as fnet-run prepares them.
@@ -49,6 +50,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="where one FFT run of the paper network spends its time")
     parser.add_argument("--conv-rule", action="store_true", help="time single convolutions both ways, fit CONV_RULE")
+    parser.add_argument("--engines", action="store_true", help="the paper network through each CPU FFT engine")
     args = parser.parse_args()
     if args.conv_rule:
         return conv_rule(args.batch)
@@ -57,6 +59,8 @@ def main() -> int:
     files = sorted((ROOT.parent / "shared" / "data" / "sdss" / "dr16").glob("spec-*.fits"))
     spectra = [read_spectra(f)[0] for f in files]
     with tempfile.TemporaryDirectory() as tmp:
+        if args.engines:
+            return engines(load_model_package(paper_package(Path(tmp))), spectra, args.batch, args.repeats)
         models = [("embedded default (pooled4x)", default_model_path()), ("paper (random weights)", paper_package(Path(tmp)))]
         print(f"batch {args.batch}, best of {args.repeats}, one run")
         print(f"{'model':<30} {'onnxruntime/s':>14} {'fft/s':>8} {'ratio':>6} {'max |dv| km/s':>14}  fft")
@@ -81,6 +85,23 @@ def main() -> int:
     return 0
 
 
+def engines(paper, spectra, batch: int, repeats: int) -> int:
+    """Spectra/s of the paper network through the FFT backend with each installed CPU FFT engine, one run."""
+    from fnet.runtime.fft_conv import FFT_ENGINES
+
+    x = prepare_spectra(spectra[:batch], paper.grid, paper.normalisation).x
+    rows = []
+    for first in FFT_ENGINES:
+        backend = FftBackend(paper, fft_engine=first)
+        rows.append((backend.describe(), *rate(backend.run, x, repeats)))
+    exact = _exact_paper(x)  # after the timing: torch's idle threads would compete with the FFT backend's
+    print(f"paper network (random weights), batch {batch}, best of {repeats}, one run")
+    for name, speed, out in rows:
+        dv = 299792.458 * 7.0 * np.abs(out["z_scaled"][:, 0] - exact) / (1 + 7.0 * exact)
+        print(f"  {name:<34} {speed:7.1f} spectra/s   max |dv| from float64 {dv.max():.3f} km/s")
+    return 0
+
+
 def profile(backend: FftBackend, x: np.ndarray) -> None:
     """Wall time per stage of one run (FFT, channel mixing, padding copy, direct convolutions, other ops)."""
     from fnet.runtime import fft_conv
@@ -96,10 +117,11 @@ def profile(backend: FftBackend, x: np.ndarray) -> None:
                 totals[name] = totals.get(name, 0.0) + time.perf_counter() - t0
         return wrapper
     ops = backend.ops
-    ops.rfft, ops.irfft, ops.map_blocks = timed("rfft", ops.rfft), timed("irfft", ops.irfft), timed("mixing", ops.map_blocks)
-    saved = fft_conv.Conv1d._padded, fft_conv.Conv1d._direct
+    ops.rfft, ops.irfft = timed("rfft", ops.rfft), timed("irfft", ops.irfft)
+    saved = fft_conv.Conv1d._padded, fft_conv.Conv1d._direct, fft_conv.Conv1d._mix
     fft_conv.Conv1d._padded = timed("zero-padded copy (+fused ReLU)", fft_conv.Conv1d._padded)
     fft_conv.Conv1d._direct = timed("direct (1x1) convolutions", fft_conv.Conv1d._direct)
+    fft_conv.Conv1d._mix = timed("mixing", fft_conv.Conv1d._mix)
     backend.plan = [(node, step if node.op_type == "Conv" else timed(f"op {node.op_type}", step))
                     for node, step in backend.plan]
     try:
@@ -109,9 +131,7 @@ def profile(backend: FftBackend, x: np.ndarray) -> None:
         backend.run(x)
         total = time.perf_counter() - start
     finally:
-        fft_conv.Conv1d._padded, fft_conv.Conv1d._direct = saved
-    # the padding copy runs its threads through map_blocks too: that part is not mixing
-    totals["mixing"] -= totals.get("zero-padded copy (+fused ReLU)", 0.0)
+        fft_conv.Conv1d._padded, fft_conv.Conv1d._direct, fft_conv.Conv1d._mix = saved
     print(f"\nwhere one batch of {len(x)} goes ({total * 1e3:.0f} ms, {len(x) / total:.1f} spectra/s):")
     for name, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {name:<34} {seconds * 1e3:8.1f} ms  {seconds / total:6.1%}")
@@ -133,10 +153,11 @@ def conv_rule(batch: int) -> int:
     rows = []
     for k, c_in, c_out, length in shapes:
         conv = Conv1d(rng.normal(size=(c_out, c_in, k)).astype(np.float32), None, (k // 2, k - 1 - k // 2), ops)
-        x = rng.normal(size=(batch, c_in, length)).astype(np.float32)
+        x = rng.normal(size=(batch, length, c_in)).astype(np.float32)  # channels-last, as the backend runs
         n = next_fast_length(length + k - 1)
-        t_fft = _best(lambda: conv._fft(x, n, length))
-        t_direct = _best(lambda: conv._direct(x, length))
+        with ops.blas_limit():
+            t_fft = _best(lambda: conv._fft(x, n, length))
+            t_direct = _best(lambda: conv._direct(x, length))
         rows.append((k, c_in, c_out, length, n, t_fft, t_direct))
     # least squares: t_fft = a * (c_in + c_out) n log2 n * B + b * c_in c_out (n/2+1) * B;  t_direct = c * MACs
     A = np.array([[(ci + co) * n * math.log2(n) * batch, ci * co * (n // 2 + 1) * batch] for _, ci, co, _, n, _, _ in rows])

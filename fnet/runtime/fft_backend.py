@@ -6,10 +6,13 @@ when a convolution takes that route).
 
 How: the graph and the weights are read from the package file (fnet.runtime.onnx_graph: the ONNX file
 stays the one artifact, no second weight format). At load every node becomes one step of a plan, with
-its weights baked in; a run walks the plan over the ONNX layout (batch, channels, length). Elementwise
-steps (Relu, Add, BatchNormalization) write into their input when nothing reads it afterwards, which
-saves a pass over the activations per step. One implementation over an array module ``xp``: numpy
-(scipy.fft with worker threads when scipy is installed) or CuPy (cuFFT, cuBLAS).
+its weights baked in. A run walks the plan with every 3-D activation channels-last, (batch, length,
+channels), the layout the FFT convolutions work in; the ops that care about layout (Conv, MaxPool,
+BatchNormalization, Add with a constant) work in it directly, every other op (Flatten, Reshape, Gemm,
+Softmax, ...) sees the ONNX layout (batch, channels, length) through a transposed view. Elementwise steps
+(Relu, Add, BatchNormalization) write into their input when nothing reads it afterwards, which saves a
+pass over the activations per step. One implementation over an array module ``xp``: numpy (with ducc0 or
+scipy.fft and worker threads) or CuPy (cuFFT, cuBLAS).
 
 Supported ops (everything the shipped networks and the paper network export to): Conv (1-D, group 1,
 stride 1, dilation 1), Relu, Add, Identity, MaxPool (1-D), Flatten, Reshape, Gemm, MatMul, Softmax,
@@ -36,6 +39,8 @@ SUPPORTED_OPS = ("Conv", "Relu", "Add", "Identity", "MaxPool", "Flatten", "Resha
                  "Cast", "BatchNormalization", "Constant")
 ALIASING_OPS = ("Identity", "Flatten", "Reshape")  # their output may share memory with their input
 IN_PLACE_OPS = ("Relu", "Add", "BatchNormalization")
+# ops that take channels-last activations as they are; every other op gets the ONNX layout (a transposed view)
+CHANNELS_LAST_OPS = ("Conv", "Relu", "Add", "Identity", "MaxPool", "Cast", "BatchNormalization")
 _ONNX_FLOAT = {1: np.float32, 10: np.float16, 11: np.float64, 6: np.int32, 7: np.int64}
 
 
@@ -57,7 +62,9 @@ def _open_array_module(device: str) -> Any:
 class FftBackend(Backend):
     """Runs a model package's ONNX graph with FFT convolutions, on numpy (CPU) or CuPy (GPU)."""
 
-    def __init__(self, package: ModelPackage, device: str = "cpu", threads: int | None = None):
+    def __init__(self, package: ModelPackage, device: str = "cpu", threads: int | None = None,
+                 fft_engine: str | None = None):
+        """`fft_engine`: the first CPU FFT engine to try (fnet.runtime.fft_conv.FFT_ENGINES); default the fastest."""
         xp = _open_array_module(device)
         self.xp, self.device = xp, device
         try:
@@ -81,7 +88,7 @@ class FftBackend(Backend):
                                      "--backend onnxruntime")
         self.graph = graph
         self.output_names = list(graph.outputs)
-        self.ops = ArrayOps(xp, threads)
+        self.ops = ArrayOps(xp, threads, fft_engine)
         self.values = dict(graph.initializers)  # weights, and what Identity/Constant nodes make of them
         for node in graph.nodes:
             if node.op_type == "Identity" and node.inputs[0] in self.values:
@@ -94,6 +101,7 @@ class FftBackend(Backend):
                      if node.outputs[0] not in self.values]
         self.convolutions = [step for _, step in self.plan if isinstance(step, Conv1d)]
         self._fuse_relus()
+        self._fuse_add_relus()
         self.release = self._release_after()
         self.name = f"fft[{self.ops.label}]"
 
@@ -111,6 +119,19 @@ class FftBackend(Backend):
                     and len(readers.get(node.inputs[0], [])) == 1 and node.inputs[0] not in self.output_names \
                     and isinstance(users[0][1], Conv1d) and users[0][0].inputs[0] == node.outputs[0]:
                 users[0][1].relu_input = True
+                self.plan[i] = (node, _unchanged)
+
+    def _fuse_add_relus(self) -> None:
+        """A Relu that is the one reader of an Add is done by that Add, spectrum by spectrum while it is in cache."""
+        readers: dict[str, int] = {}
+        for node, _ in self.plan:
+            for name in node.inputs:
+                readers[name] = readers.get(name, 0) + 1
+        made_by = {node.outputs[0]: step for node, step in self.plan}
+        for i, (node, step) in enumerate(self.plan):
+            add = made_by.get(node.inputs[0]) if node.op_type == "Relu" and step is not _unchanged else None
+            if isinstance(add, _Add) and readers[node.inputs[0]] == 1 and node.inputs[0] not in self.output_names:
+                add.relu_output = True
                 self.plan[i] = (node, _unchanged)
 
     def _release_after(self) -> list[list[str]]:
@@ -144,22 +165,22 @@ class FftBackend(Backend):
             return {k: v[:0] for k, v in self.run(np.zeros((1, np.shape(x)[1]), np.float32)).items()}
         xp = self.xp
         env: dict[str, Any] = dict(self.constants)
-        env[self.graph.inputs[0]] = xp.asarray(np.asarray(x, dtype=np.float32)[:, None, :])
+        env[self.graph.inputs[0]] = xp.asarray(np.asarray(x, dtype=np.float32)[:, :, None])  # (B, L, 1) channels-last
         readers: dict[int, int] = {}  # pool buffer -> how many live values are (views of) it
-        for (node, step), dead in zip(self.plan, self.release):
-            results = step(*[env[name] if name else None for name in node.inputs])
-            for name, value in zip(node.outputs, results if isinstance(results, tuple) else (results,)):
-                env[name] = value
+        with self.ops.blas_limit():
+            for (node, step), dead in zip(self.plan, self.release):
+                value = step(*[env[name] if name else None for name in node.inputs])
+                env[node.outputs[0]] = value
                 owner = self.ops.owner(value)
                 if owner is not None:
                     readers[owner] = readers.get(owner, 0) + 1
-            for name in dead:
-                owner = self.ops.owner(env.pop(name))
-                if owner is not None:
-                    readers[owner] -= 1
-                    if readers[owner] == 0:
-                        self.ops.give(owner)
-        out = {name: env[name] for name in self.output_names}
+                for name in dead:
+                    owner = self.ops.owner(env.pop(name))
+                    if owner is not None:
+                        readers[owner] -= 1
+                        if readers[owner] == 0:
+                            self.ops.give(owner)
+        out = {name: _onnx_layout(env[name]) for name in self.output_names}
         if xp is not np:
             return {k: np.asarray(xp.asnumpy(v), dtype=np.float32) for k, v in out.items()}
         # a copy where the value lives in a pool buffer: the next batch will write there
@@ -169,23 +190,35 @@ class FftBackend(Backend):
     # -- one function per op -------------------------------------------------------------------------
 
     def _step(self, node: Node, reusable: set[str]) -> Callable:
-        """The function computing one node; `reusable`: the inputs it may overwrite."""
+        """The function computing one node, on channels-last 3-D activations; `reusable`: inputs it may overwrite."""
+        step = self._op(node, reusable)
+        constant = [name in self.values for name in node.inputs]
+        if node.op_type in CHANNELS_LAST_OPS:
+            if node.op_type != "Add" or not any(constant):
+                return step
+            # a constant operand is in the ONNX layout: broadcast it as rank 3, then channels-last
+            return lambda *args: step(*[_channels_last_constant(v) if c else v for v, c in zip(args, constant)])
+
+        def in_onnx_layout(*args):
+            value = step(*[v if c or v is None else _onnx_layout(v) for v, c in zip(args, constant)])
+            return _channels_last(value)
+        return in_onnx_layout
+
+    def _op(self, node: Node, reusable: set[str]) -> Callable:
+        """The function computing one node in ONNX semantics (3-D activations channels-last for CHANNELS_LAST_OPS)."""
         xp, a = self.xp, node.attributes
         op = node.op_type
         own = [bool(name) and name in reusable for name in node.inputs]
         if op == "Conv":
             return self._conv(node)
         if op == "Relu":
-            return (lambda x: xp.maximum(x, 0, out=x)) if own[0] else (lambda x: xp.maximum(x, 0, out=self.ops.take(x.shape)))
+            def relu(x):
+                out = x if own[0] else self.ops.take(x.shape, x.dtype)
+                self.ops.map_batch(lambda s: xp.maximum(x[s], 0, out=out[s]), len(x))
+                return out
+            return relu
         if op == "Add":
-            def add(x, y):
-                shape = np.broadcast_shapes(x.shape, y.shape)  # shape arithmetic: numpy's, on either array module
-                if own[0] and x.shape == shape:
-                    return xp.add(x, y, out=x)
-                if own[1] and y.shape == shape:
-                    return xp.add(x, y, out=y)
-                return xp.add(x, y, out=self.ops.take(shape, xp.result_type(x, y)))
-            return add
+            return _Add(self.ops, own)
         if op == "Identity":
             return lambda x: x
         if op == "Flatten":
@@ -219,12 +252,11 @@ class FftBackend(Backend):
         if op == "BatchNormalization":
             eps = a.get("epsilon", 1e-5)
 
-            def batchnorm(x, scale, bias, mean, var):
-                shape = (1, -1) + (1,) * (x.ndim - 2)
-                k = (scale / xp.sqrt(var + eps)).reshape(shape)
-                y = xp.subtract(x, mean.reshape(shape), out=x if own[0] else None)
+            def batchnorm(x, scale, bias, mean, var):  # channels are the last axis: (B, C) or (B, L, C)
+                k = scale / xp.sqrt(var + eps)
+                y = xp.subtract(x, mean, out=x if own[0] else None)
                 y *= k
-                y += bias.reshape(shape)
+                y += bias
                 return y
             return batchnorm
         if op == "MaxPool":
@@ -253,12 +285,67 @@ class FftBackend(Backend):
         if any(a.get("pads", [0, 0])) or a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1])):
             raise BackendUnavailable(f"MaxPool {node.name}: only unpadded, floor-mode 1-D pooling is supported")
 
-        def maxpool(x):
-            n = (x.shape[-1] - k) // s + 1
+        def maxpool(x):  # (B, L, C), pooled along L
+            n = (x.shape[1] - k) // s + 1
             if s == k:
-                return x[..., : n * k].reshape(x.shape[:-1] + (n, k)).max(axis=-1)
-            return xp.stack([x[..., i: i + s * (n - 1) + 1: s] for i in range(k)]).max(axis=0)
+                return x[:, : n * k].reshape(x.shape[0], n, k, x.shape[2]).max(axis=2)
+            return xp.stack([x[:, i: i + s * (n - 1) + 1: s] for i in range(k)]).max(axis=0)
         return maxpool
+
+
+class _Add:
+    """ONNX Add (numpy broadcasting), into an input nothing reads afterwards when it can, and a fused Relu if set.
+
+    3-D activations are added one spectrum at a time on the worker threads: the sum is still in cache
+    when the fused Relu reads it back.
+    """
+
+    def __init__(self, ops: ArrayOps, own: list[bool]):
+        self.ops, self.own = ops, own
+        self.relu_output = False  # set by FftBackend._fuse_add_relus
+
+    def __call__(self, x, y):
+        xp = self.ops.xp
+        shape = np.broadcast_shapes(x.shape, y.shape)  # shape arithmetic: numpy's, on either array module
+        if self.own[0] and x.shape == shape:
+            out = x
+        elif self.own[1] and y.shape == shape:
+            out = y
+        else:
+            out = self.ops.take(shape, xp.result_type(x, y))
+        if len(shape) != 3 or xp is not np:
+            xp.add(x, y, out=out)
+            if self.relu_output:
+                xp.maximum(out, 0, out=out)
+            return out
+
+        def row(v, i: int):  # operand i of the batch: its own row, its only row, or all of it (lower rank)
+            return v if v.ndim < 3 else v[i if v.shape[0] > 1 else 0]
+
+        def part(s: slice) -> None:
+            for i in range(s.start, s.stop):
+                xp.add(row(x, i), row(y, i), out=out[i])
+                if self.relu_output:
+                    xp.maximum(out[i], 0, out=out[i])
+        self.ops.map_batch(part, shape[0])
+        return out
+
+
+def _onnx_layout(value):
+    """A channels-last 3-D activation as the ONNX layout (B, C, L) (a view); other ranks as they are."""
+    return value.transpose(0, 2, 1) if value.ndim == 3 else value
+
+
+def _channels_last(value):
+    """An ONNX-layout 3-D activation as channels-last (B, L, C) (a view); other ranks as they are."""
+    return value.transpose(0, 2, 1) if value.ndim == 3 else value
+
+
+def _channels_last_constant(value):
+    """A constant that broadcasts against (B, C, L), reshaped to broadcast the same way against (B, L, C)."""
+    if value.ndim > 3:
+        return value
+    return value.reshape((1,) * (3 - value.ndim) + tuple(value.shape)).transpose(0, 2, 1)
 
 
 def _unchanged(x, *_):
