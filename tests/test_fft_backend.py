@@ -174,3 +174,56 @@ def test_a_node_with_two_outputs_is_refused(tmp_path):
     package = _graph_package(tmp_path, nodes, ["flux"], ["z_scaled"], {"M": np.ones((25, 1), np.float32)}, 50, 1)
     with pytest.raises(BackendUnavailable, match="single-output nodes only.*MaxPool"):
         FftBackend(package)
+
+
+@pytest.mark.parametrize("engine", ["ducc0", "scipy", "numpy"])
+def test_every_fft_engine_gives_onnxruntime_outputs(tmp_path, engine):
+    from onnx import helper
+
+    from fnet.runtime.fft_conv import ArrayOps
+
+    if engine not in ArrayOps(np, 1, engine).label:
+        pytest.skip(f"{engine} is not installed here (the backend falls back to the next engine)")
+    rng = np.random.default_rng(1)
+    npix = 700
+    w = {"W1": rng.normal(size=(6, 1, 125)).astype(np.float32), "B1": rng.normal(size=6).astype(np.float32),
+         "W2": rng.normal(size=(5, 6, 51)).astype(np.float32), "G": rng.normal(size=(1, 5 * 700)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["flux", "W1", "B1"], ["c1"], kernel_shape=[125], pads=[62, 62]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "W2"], ["c2"], kernel_shape=[51], pads=[25, 25]),
+             helper.make_node("Flatten", ["c2"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "G"], ["z_scaled"], transB=1)]
+    package = _graph_package(tmp_path, nodes, ["flux"], ["z_scaled"], w, npix, 1)
+    x = rng.normal(size=(5, npix)).astype(np.float32)
+    backend = FftBackend(package, fft_engine=engine)
+    assert engine in backend.describe() and all(c.uses_fft(npix) for c in backend.convolutions)
+    ours, theirs = backend.run(x)["z_scaled"], open_backend(package, "cpu").run(x)["z_scaled"]
+    assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+
+
+def test_adds_with_constants_and_a_fused_relu_broadcast_as_in_onnx(tmp_path):
+    from onnx import helper
+
+    # activations run channels-last inside the backend; constants keep ONNX's (B, C, L) broadcasting
+    rng = np.random.default_rng(2)
+    npix = 120
+    w = {"W1": rng.normal(size=(4, 1, 9)).astype(np.float32), "K3": rng.normal(size=(1, 4, 1)).astype(np.float32),
+         "K2": rng.normal(size=(4, 1)).astype(np.float32), "KL": rng.normal(size=npix).astype(np.float32),
+         "W2": rng.normal(size=(4, 4, 1)).astype(np.float32), "G": rng.normal(size=(1, 4 * npix)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["flux", "W1"], ["c1"], kernel_shape=[9], pads=[4, 4]),
+             helper.make_node("Add", ["c1", "K3"], ["a"]),
+             helper.make_node("Add", ["K2", "a"], ["b"]),
+             helper.make_node("Add", ["b", "KL"], ["d"]),
+             helper.make_node("Add", ["d", "c1"], ["e"]),
+             helper.make_node("Relu", ["e"], ["r"]),  # fused into the Add before it; read twice below
+             helper.make_node("Conv", ["r", "W2"], ["c2"], kernel_shape=[1]),
+             helper.make_node("Add", ["c2", "r"], ["s"]),
+             helper.make_node("Flatten", ["s"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "G"], ["z_scaled"], transB=1)]
+    package = _graph_package(tmp_path, nodes, ["flux"], ["z_scaled"], w, npix, 1)
+    x = rng.normal(size=(6, npix)).astype(np.float32)
+    backend = FftBackend(package)
+    assert sum(node.op_type == "Relu" and step.__name__ == "_unchanged" for node, step in backend.plan) == 1
+    for _ in range(2):  # the second run reuses every pooled buffer
+        ours, theirs = backend.run(x)["z_scaled"], open_backend(package, "cpu").run(x)["z_scaled"]
+        assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())

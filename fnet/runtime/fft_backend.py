@@ -245,7 +245,9 @@ class FftBackend(Backend):
             ta, tb = a.get("transA", 0), a.get("transB", 0)
 
             def gemm(x, w, c=None):
-                y = xp.matmul(x.T if ta else x, w.T if tb else w)
+                x, w = x.T if ta else x, w.T if tb else w
+                y = xp.empty((x.shape[0], w.shape[1]), dtype=xp.result_type(x, w))
+                self.ops.map_batch(lambda s: xp.matmul(x[s], w, out=y[s]), x.shape[0])  # rows over the threads
                 y = y * alpha if alpha != 1.0 else y
                 return y + (beta * c if beta != 1.0 else c) if c is not None else y
             return gemm

@@ -70,7 +70,8 @@ class _FFTCorrelation(torch.autograd.Function):
         # frequency-major and contiguous: the mixing is then one batched matmul (F, B, c_in) @ (F, c_in, c_out)
         wf = torch.fft.rfft(g).permute(2, 1, 0).contiguous()
         xf = torch.fft.rfft(x, n).permute(2, 0, 1).contiguous()
-        y = torch.fft.irfft(torch.matmul(xf, wf).permute(1, 2, 0), n)[..., :out_len]
+        # irfft of a contiguous (B, c_out, F) copy: torch's c2r on the permuted view was ~2.5x slower than the copy
+        y = torch.fft.irfft(torch.matmul(xf, wf).permute(1, 2, 0).contiguous(), n)[..., :out_len]
         if bias is not None:
             y = y + bias[:, None]
         else:
@@ -87,10 +88,10 @@ class _FFTCorrelation(torch.autograd.Function):
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:  # correlation with the flipped kernel: times the conjugate spectrum
             zf = torch.matmul(gf, wf.transpose(1, 2).conj())
-            grad_x = torch.fft.irfft(zf.permute(1, 2, 0), n)[..., :length].contiguous()
+            grad_x = torch.fft.irfft(zf.permute(1, 2, 0).contiguous(), n)[..., :length].contiguous()
         if ctx.needs_input_grad[1]:  # input x grad-output, summed over the batch, per frequency
             df = torch.matmul(xf.transpose(1, 2).conj(), gf)  # (F, c_in, c_out)
-            grad_w = torch.fft.irfft(df.permute(2, 1, 0), n)[..., taps].contiguous()
+            grad_w = torch.fft.irfft(df.permute(2, 1, 0).contiguous(), n)[..., taps].contiguous()
         if has_bias and ctx.needs_input_grad[2]:
             grad_b = grad_y.sum((0, 2))
         return grad_x, grad_w, grad_b, None
