@@ -239,3 +239,65 @@ def test_write_mixed_set_records_the_class(tmp_path):
     for row in truth:
         meta = fits.getdata(tmp_path / "mix" / row["FILENAME"].strip(), 2)
         assert meta["CLASS"][0] == row["SPECTYPE"] and meta["Z"][0] == pytest.approx(row["Z"], abs=1e-6)
+
+
+def test_calibration_errors_are_smooth_factors_of_the_documented_size():
+    from fnet.simulate.observe import calibration_errors
+
+    loglam = np.arange(35520, 40140) * 1e-4
+    f = calibration_errors(4000, loglam, np.random.default_rng(0), rms=0.1, arm_step_rms=0.0)
+    log_f = np.log(f.astype(np.float64))
+    # Legendre terms with sigmas 0.1, 0.05, 0.033: at the ends all add up, at the centre only P2 (= -1/2) is left
+    assert np.std(log_f[:, 0]) == pytest.approx(np.sqrt(0.1**2 + 0.05**2 + (0.1 / 3) ** 2), rel=0.08)
+    assert np.std(log_f[:, len(loglam) // 2]) == pytest.approx(0.025, rel=0.1)
+    assert abs(np.mean(log_f)) < 0.005 and np.abs(np.diff(log_f, 2)).max() < 1e-6  # smooth
+    step = np.log(calibration_errors(4000, loglam, np.random.default_rng(1), rms=0.0, arm_step_rms=0.05))
+    blue, red = step[:, loglam < np.log10(5600)], step[:, loglam > np.log10(6500)]
+    assert np.abs(blue).max() < 0.01 and np.std(red[:, -1]) == pytest.approx(0.05, rel=0.1)
+
+
+def test_calibration_errors_are_off_by_default_and_change_nothing_else_when_on():
+    _templates()
+    base = dict(mix={"QSO": 0.4, "STAR": 0.3, "GALAXY": 0.3}, quasar=dict(CLEAN))
+    off = SpectrumMixSimulator(seed=9, **base).sample(60)
+    again = SpectrumMixSimulator(seed=9, **{**base, "quasar": {**CLEAN, "calibration_rms": 0.0}}).sample(60)
+    on = SpectrumMixSimulator(seed=9, **{**base, "quasar": {**CLEAN, "calibration_rms": 0.1,
+                                                            "arm_step_rms": 0.05}}).sample(60)
+    assert np.array_equal(off.flux, again.flux) and np.array_equal(off.z, on.z)
+    assert np.array_equal(off.params["spectype"], on.params["spectype"])
+    both = (off.model > 0) & (on.model > 0)
+    ratio = np.where(both, on.model / np.where(both, off.model, 1.0), np.nan)
+    spread = np.nanstd(np.log(ratio), axis=1)
+    assert np.all(spread[np.isfinite(spread)] < 0.5) and np.nanmean(spread) > 0.01  # changed, by factors near 1
+
+
+def test_narrow_line_agn_lines_have_the_documented_ratios():
+    from fnet.simulate.galaxies import NLAGN_LINES, narrow_line_agn
+
+    lam = 10 ** (np.arange(30000, 40000) * 1e-4)  # rest Å on the 1e-4 dex lattice
+    table = np.ones((300, len(lam)), np.float32)  # flat continuum of 1 per Å
+    added = narrow_line_agn(lam, table, np.random.default_rng(4)).astype(np.float64)
+    dlam = lam * np.log(10) * 1e-4
+
+    def line_flux(centre):
+        near = np.abs(lam - centre) < 8.0
+        return (added[:, near] * dlam[near]).sum(axis=1)
+    oiii, oiii_b = line_flux(NLAGN_LINES["[OIII]5007"]), line_flux(NLAGN_LINES["[OIII]4959"])
+    hb, ha, nii = line_flux(NLAGN_LINES["Hbeta"]), line_flux(NLAGN_LINES["Halpha"]), line_flux(NLAGN_LINES["[NII]6584"])
+    assert np.all((oiii > 2.5) & (oiii < 310))  # EW([O III]) in 3-300 Å on the unit continuum (wide lines clipped)
+    assert np.allclose(oiii_b / oiii, 1 / 2.98, rtol=0.08)
+    assert np.all((np.log10(oiii / hb) > -0.05) & (np.log10(oiii / hb) < 1.15))
+    assert np.all((np.log10(nii / ha) > -0.35) & (np.log10(nii / ha) < 0.45))  # [N II] 6548 / Hα blend the window
+    assert np.all(added >= 0) and not added[:, lam < 3300].any()
+
+
+def test_a_share_of_galaxies_gets_narrow_line_agn_emission_only_when_asked():
+    _templates()
+    kw = dict(mix={"GALAXY": 1.0}, quasar=dict(CLEAN))
+    plain = SpectrumMixSimulator(seed=11, **kw).sample(200)
+    agn = SpectrumMixSimulator(seed=11, galaxy_nlagn_fraction=0.3, **kw).sample(200)
+    flagged = np.char.endswith(agn.params["subtype"].astype(str), "+NLAGN")
+    assert not np.char.endswith(plain.params["subtype"].astype(str), "+NLAGN").any()
+    assert 0.2 < flagged.mean() < 0.4 and np.array_equal(plain.z, agn.z)
+    assert np.array_equal(plain.model[~flagged], agn.model[~flagged])
+    assert np.all((agn.model[flagged] - plain.model[flagged]).max(axis=1) > 0)

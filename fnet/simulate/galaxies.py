@@ -55,6 +55,57 @@ MIN_SEEDS = 20  # a source holding fewer seeds of a subtype gets weight n_seeds 
 LINE_SCALE_SIGMA = 0.3
 
 
+# Narrow-line AGN (Seyfert 2 / LINER) emission added to a share of galaxies (GalaxyModel.draw nlagn_fraction):
+# the galaxy population a spectrograph sees holds many (Kauffmann et al. 2003, MNRAS 346, 1055), and their
+# [O III]/Hβ and [N II]/Hα ratios (Kewley et al. 2006, MNRAS 372, 961) are not those of the star-forming
+# templates. Vacuum rest wavelengths (Å); each line's flux relative to [O III] 5007 is drawn per object below.
+NLAGN_LINES = {"[NeV]3426": 3426.85, "[OII]3727": 3727.09, "[OII]3729": 3729.88, "[NeIII]3869": 3869.86,
+               "Hgamma": 4341.69, "HeII4686": 4687.02, "Hbeta": 4862.68, "[OIII]4959": 4960.30,
+               "[OIII]5007": 5008.24, "[OI]6300": 6302.05, "[NII]6548": 6549.86, "Halpha": 6564.61,
+               "[NII]6584": 6585.27, "[SII]6716": 6718.29, "[SII]6731": 6732.67}
+C_KMS = 299792.458
+
+
+def narrow_line_agn(lam: np.ndarray, table: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Seyfert 2 / LINER narrow lines for rows of rest-frame spectra (lam Å): the added flux, same shape.
+
+    Per object (broad priors spanning the AGN branches of the BPT diagram, a modelling choice, not a fit):
+    EW([O III] 5007) log-uniform 3-300 Å on the row's own continuum near 5007 Å; log [O III]/Hβ ~ U(0, 1.1);
+    log [N II] 6584/Hα ~ U(-0.25, 0.35); Hα/Hβ log-uniform 2.86-5 (case B to dusty); Hγ = 0.47 Hβ;
+    [O III] 4959 = 5007/2.98, [N II] 6548 = 6584/3.05; log [O II]/[O III] ~ U(-0.8, 0.3) (split 1 : 1.3);
+    log [Ne III]/[O III] ~ U(-1.3, -0.8); log [Ne V]/[O III] ~ U(-1.5, -0.8); log He II/Hβ ~ U(-1, -0.5);
+    log [S II]/Hα ~ U(-0.6, 0) (6716/6731 ~ U(0.8, 1.3)); log [O I]/Hα ~ U(-1.5, -0.7); Gaussian lines of
+    σ ~ U(80, 350) km/s. Rows without continuum near 5007 Å get nothing.
+    """
+    n = len(table)
+    u = lambda lo, hi: rng.uniform(lo, hi, n)  # noqa: E731
+    near = (lam > 4900.0) & (lam < 5150.0)
+    cont = np.median(table[:, near], axis=1) if near.any() else np.zeros(n)
+    oiii = 10 ** u(np.log10(3.0), np.log10(300.0)) * np.maximum(cont, 0.0)
+    hbeta = oiii / 10 ** u(0.0, 1.1)
+    halpha = hbeta * 10 ** u(np.log10(2.86), np.log10(5.0))
+    nii = halpha * 10 ** u(-0.25, 0.35)
+    oii = oiii * 10 ** u(-0.8, 0.3)
+    sii = halpha * 10 ** u(-0.6, 0.0)
+    sii_ratio = u(0.8, 1.3)
+    flux = {"[OIII]5007": oiii, "[OIII]4959": oiii / 2.98, "Hbeta": hbeta, "Hgamma": 0.47 * hbeta,
+            "Halpha": halpha, "[NII]6584": nii, "[NII]6548": nii / 3.05, "[OII]3727": oii / 2.3,
+            "[OII]3729": oii * 1.3 / 2.3, "[NeIII]3869": oiii * 10 ** u(-1.3, -0.8),
+            "[NeV]3426": oiii * 10 ** u(-1.5, -0.8), "HeII4686": hbeta * 10 ** u(-1.0, -0.5),
+            "[SII]6716": sii * sii_ratio / (1 + sii_ratio), "[SII]6731": sii / (1 + sii_ratio),
+            "[OI]6300": halpha * 10 ** u(-1.5, -0.7)}
+    sigma_v = u(80.0, 350.0)
+    added = np.zeros_like(table)
+    for name, centre in NLAGN_LINES.items():
+        width = centre * sigma_v / C_KMS  # Å
+        window = np.nonzero(np.abs(lam - centre) < 6 * width.max())[0]
+        if len(window) == 0:
+            continue
+        shape = np.exp(-0.5 * ((lam[None, window] - centre) / width[:, None]) ** 2) / (np.sqrt(2 * np.pi) * width[:, None])
+        added[:, window] += (flux[name][:, None] * shape).astype(added.dtype)
+    return added
+
+
 def classify(lam: np.ndarray, flux: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Subtype of each rest spectrum (rows of flux on wavelengths lam) and its EW([O II]), EW(Hα), D4000."""
     e_o, e_a, brk = equivalent_width(lam, flux, OII), equivalent_width(lam, flux, HALPHA), d4000(lam, flux)
@@ -280,8 +331,8 @@ class GalaxyModel:
         return np.array(SUBTYPES, dtype=object)[pick].astype(str)
 
     def rest_spectra(self, subtype: np.ndarray, z: np.ndarray, rng: np.random.Generator, lam_min: float,
-                     lam_max: float) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-        """Rest-frame spectra on the library span (n, L), valid (n, L) and info (source, seed, ew/d4000)."""
+                     lam_max: float, nlagn_fraction: float = 0.0) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """Rest-frame spectra on the library span (n, L), valid (n, L) and info (source, seed, ew/d4000, nlagn)."""
         lib = self.lib
         n, L = len(z), len(lib.lam)
         table = np.zeros((n, L), np.float32)
@@ -304,11 +355,17 @@ class GalaxyModel:
                 valid[sub, src.lo : src.hi + 1] = 1.0
                 source[sub] = name
                 seed[sub] = np.array(src.seed_names, dtype=object)[k]
+        nlagn = np.zeros(n, bool)
+        if nlagn_fraction > 0:  # a child stream: without it every other draw stays as it was
+            child = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+            nlagn = child.random(n) < nlagn_fraction
+            if nlagn.any():
+                table[nlagn] += narrow_line_agn(lib.lam, table[nlagn], child) * (valid[nlagn] > 0)
         beta = self.tilt_sigma * rng.standard_normal(n)
         table *= ((lib.lam[None, :] / 5500.0) ** beta[:, None]).astype(np.float32)
         table[valid == 0] = 0.0
         measured = classify(lib.lam, table)[1]
-        info = {"source": source.astype(str), "seed": seed.astype(str), "tilt": beta, **measured}
+        info = {"source": source.astype(str), "seed": seed.astype(str), "tilt": beta, "nlagn": nlagn, **measured}
         return table, valid, info
 
     def _realise(self, src: Source, k: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -337,20 +394,23 @@ class GalaxyModel:
 
     def draw(self, n: int, loglam: np.ndarray, rng: np.random.Generator, z: np.ndarray | None = None,
              subtype: np.ndarray | None = None, z_range: tuple[float, float] | None = None,
-             subtype_weights: dict[str, float] | None = None):
-        """model (n, m) float32 (arbitrary scale), covered (n, m), info (z, subtype, source, seed, ew_oii, ...)."""
+             subtype_weights: dict[str, float] | None = None, nlagn_fraction: float = 0.0):
+        """model (n, m) float32 (arbitrary scale), covered (n, m), info (z, subtype, source, seed, ew_oii, ...).
+
+        nlagn_fraction: share of the galaxies given narrow-line AGN emission (narrow_line_agn; subtype "+NLAGN").
+        """
         lam_min, lam_max = 10 ** loglam[0], 10 ** loglam[-1]
         if subtype is None:
             subtype = self.draw_subtypes(n, rng, subtype_weights, z, lam_min, lam_max)
         if z is None:
             z = self.draw_z(subtype, rng, lam_min, lam_max, z_range)
         z = np.asarray(z, dtype=np.float64)
-        table, valid, info = self.rest_spectra(subtype, z, rng, lam_min, lam_max)
+        table, valid, info = self.rest_spectra(subtype, z, rng, lam_min, lam_max, nlagn_fraction)
         k0 = int(round(loglam[0] / STEP))
         flux, covered = redshift_table(table, self.lib.k0, k0, len(loglam), z)
         inside, _ = redshift_table(valid, self.lib.k0, k0, len(loglam), z)
         covered &= inside > 0.999
         flux[~covered] = 0.0
-        info.update(z=z, subtype=np.asarray(subtype).astype(str),
+        info.update(z=z, subtype=np.char.add(np.asarray(subtype).astype(str), np.where(info["nlagn"], "+NLAGN", "")),
                     boss_resolution=np.isin(info["source"], BOSS_RESOLUTION_SOURCES))
         return flux.astype(np.float32), covered, info

@@ -74,6 +74,7 @@ class MixConfig:
     galaxy_z_range: tuple[float, float] = (0.005, 1.2)
     galaxy_tilt_sigma: float = 0.2
     galaxy_z_shapes: dict | None = None  # {"LRG": (mean, sigma), ...}: galaxies.GALAXY_Z_SHAPES by default
+    galaxy_nlagn_fraction: float = 0.0  # share of GALAXY rows with narrow-line AGN emission (galaxies.narrow_line_agn)
     agn_z_range: tuple[float, float] = (0.03, 0.8)
     agn_host_subtypes: dict | None = None  # {"LRG": 0.5, "intermediate": 0.3, "ELG": 0.2}
     agn_host_scatter_dex: float = 0.2
@@ -197,7 +198,8 @@ class SpectrumMixSimulator:
         rows = np.nonzero(comp == 3)[0]
         if len(rows):
             zg = z[rows] if given else None
-            model, cov, info = self.galaxies.draw(len(rows), ll, streams[3], z=zg, z_range=ranges["GALAXY"])
+            model, cov, info = self.galaxies.draw(len(rows), ll, streams[3], z=zg, z_range=ranges["GALAXY"],
+                                                  nlagn_fraction=cfg.galaxy_nlagn_fraction)
             s_full = streams[6].uniform(*self.obs_config.resolution_sigma, len(rows))
             s_tpl = streams[6].uniform(*self.obs_config.template_extra_sigma, len(rows))
             sig = np.where(info["boss_resolution"], s_tpl, s_full)

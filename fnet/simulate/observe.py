@@ -63,6 +63,41 @@ def scale_to_magnitude(model: np.ndarray, loglam: np.ndarray, z: np.ndarray, mag
     return scale
 
 
+def calibration_errors(n: int, loglam: np.ndarray, rng: np.random.Generator, rms: float,
+                       arm_step_rms: float) -> np.ndarray:
+    """Multiplicative spectrophotometric calibration errors, (n, m) float32 factors around 1.
+
+    Real fibre spectra carry smooth flux-calibration errors of ~10 % over the optical range (BOSS
+    spectrophotometry, with its blue excess for quasar targets on offset fibres: Margala et al. 2016, ApJ
+    831, 157; LAMOST's relative calibration: Du et al. 2016, ApJS 227, 27) and a scale mismatch where the
+    blue and red arms join (the dichroic near 5900-6300 Å in both designs). Model: exp(a1 P1 + a2 P2 + a3 P3)
+    of x = log λ mapped onto [-1, 1] (Legendre P_k), a_k ~ N(0, rms / k), times a smoothed step (1 + s)
+    redward of a junction drawn in 5700-6300 Å, s ~ N(0, arm_step_rms). Amplitudes are a modelling choice
+    from those references, not fitted to any spectrum.
+    """
+    m = len(loglam)
+    x = np.linspace(-1.0, 1.0, m)
+    legendre = np.stack([x, 0.5 * (3 * x**2 - 1), 0.5 * (5 * x**3 - 3 * x)])
+    a = rng.standard_normal((n, 3)) * (rms / np.arange(1, 4))
+    log_factor = a @ legendre
+    junction = np.log10(rng.uniform(5700.0, 6300.0, n))
+    step = arm_step_rms * rng.standard_normal(n)
+    width = np.log10(1.0 + 40.0 / 6000.0)  # ~40 Å: the dichroic's transition
+    ramp = 1.0 / (1.0 + np.exp(-(loglam[None, :] - junction[:, None]) / width))
+    log_factor += np.log1p(np.clip(step, -0.5, None))[:, None] * ramp
+    return np.exp(log_factor).astype(np.float32)
+
+
+def apply_calibration_errors(model: np.ndarray, loglam: np.ndarray, rng: np.random.Generator, cfg) -> None:
+    """Multiply models (in place) by calibration errors when cfg asks for them (SimulatorConfig.calibration_rms,
+    arm_step_rms). Drawn from a child of rng's seed, so rng's own draws (and every other output) stay as they
+    were without them."""
+    if cfg.calibration_rms <= 0 and cfg.arm_step_rms <= 0:
+        return
+    child = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+    model *= calibration_errors(len(model), loglam, child, cfg.calibration_rms, cfg.arm_step_rms)
+
+
 def snr_for_magnitude(mag: np.ndarray) -> np.ndarray:
     """Typical BOSS mean S/N per pixel at a magnitude: 10 F / sqrt(F + 4), F = 10^(-0.4 (mag - 20)).
 

@@ -13,7 +13,9 @@ from astropy.io import fits
 
 from fnet.simulate.lattice import STEP
 from fnet.simulate.noise import NoiseLibrary
-from fnet.simulate.observe import convolve_resolution, draw_truncation, observe, scale_to_magnitude, snr_for_magnitude
+from fnet.simulate.observe import (
+    apply_calibration_errors, convolve_resolution, draw_truncation, observe, scale_to_magnitude, snr_for_magnitude,
+)
 
 # rest-frame vacuum wavelengths (Å) used for measurements and tests
 OII = 3728.48  # [O II] 3727/3729 doublet centre
@@ -118,6 +120,7 @@ def observe_rows(model: np.ndarray, usable: np.ndarray, loglam: np.ndarray, z: n
     quasar simulator's own functions and its SimulatorConfig `cfg` (so every class is observed identically)."""
     n = len(z)
     model = model * scale_to_magnitude(model, loglam, z, mag).astype(np.float32)[:, None]
+    apply_calibration_errors(model, loglam, rng, cfg)
     if cfg.snr_range is None:
         snr = snr_for_magnitude(mag) * np.exp(0.25 * rng.standard_normal(n))
     else:

@@ -14,6 +14,7 @@ from fnet.simulate.igm import LognormalForest, lyman_limit_transmission
 from fnet.simulate.lattice import lattice
 from fnet.simulate.noise import NoiseLibrary
 from fnet.simulate.observe import (
+    apply_calibration_errors,
     draw_truncation,
     observe,
     scale_to_magnitude,
@@ -50,6 +51,8 @@ class SimulatorConfig:
     resolution_sigma: tuple[float, float] = (0.8, 1.3)  # LSF σ in pixels for parametric spectra (R ≈ 1700-2700)
     template_extra_sigma: tuple[float, float] = (0.3, 0.6)  # templates are already at BOSS resolution
     sky_residual: float = 1.0  # scale of sky-subtraction residuals (0 disables)
+    calibration_rms: float = 0.0  # smooth flux-calibration errors (observe.calibration_errors; 0 disables)
+    arm_step_rms: float = 0.0  # blue/red arm scale mismatch at the dichroic (0 disables)
     p_blue_cut: float = 0.25  # probability of a late blue start (3560-3800 Å)
     p_red_cut: float = 0.30  # probability of an early red end (9000-10400 Å)
     p_gap: float = 0.05  # probability of a 10-300 pixel gap
@@ -249,6 +252,7 @@ class QuasarSimulator:
         # 4. flux calibration and S/N
         mag = obs_rng.uniform(*cfg.mag_range, n)
         model *= scale_to_magnitude(model, ll, z, mag).astype(np.float32)[:, None]
+        apply_calibration_errors(model, ll, obs_rng, cfg)
         if cfg.snr_range is None:
             snr = snr_for_magnitude(mag) * np.exp(0.25 * obs_rng.standard_normal(n))
         else:
