@@ -256,3 +256,59 @@ def test_the_cupy_code_path_computes_what_the_numpy_path_computes(monkeypatch):
     assert set(on_stand_in) == set(on_cpu)
     for name in on_cpu:
         assert np.allclose(on_stand_in[name], on_cpu[name], rtol=1e-4, atol=1e-4 * np.abs(on_cpu[name]).max())
+
+
+def test_adds_of_other_ranks_and_computed_operands_follow_onnx(tmp_path):
+    from onnx import helper
+
+    # review findings: a bias Add after a Gemm (2-D), an Add with a computed (Cast) lower-rank operand, and
+    # BatchNormalization on a 4-D value (which stays in the ONNX layout)
+    rng = np.random.default_rng(3)
+    npix = 64
+    w = {"W1": rng.normal(size=(4, 1, 5)).astype(np.float32), "K": rng.normal(size=(4, 1)).astype(np.float32),
+         "S4": np.array([-1, 4, 32, 2], np.int64), "S3": np.array([-1, 4, 64], np.int64),
+         "BS": rng.random(4).astype(np.float32) + 0.5, "BB": rng.normal(size=4).astype(np.float32),
+         "BM": rng.normal(size=4).astype(np.float32), "BV": rng.random(4).astype(np.float32) + 0.5,
+         "G": rng.normal(size=(3, 4 * npix)).astype(np.float32), "GB": rng.normal(size=3).astype(np.float32),
+         "M": rng.normal(size=(3, 1)).astype(np.float32), "ONE": np.array([0.25], np.float32)}
+    nodes = [helper.make_node("Conv", ["flux", "W1"], ["c1"], kernel_shape=[5], pads=[2, 2]),
+             helper.make_node("Cast", ["K"], ["k"], to=1),
+             helper.make_node("Add", ["c1", "k"], ["a"]),
+             helper.make_node("Reshape", ["a", "S4"], ["r4"]),
+             helper.make_node("BatchNormalization", ["r4", "BS", "BB", "BM", "BV"], ["b4"]),
+             helper.make_node("Reshape", ["b4", "S3"], ["r3"]),
+             helper.make_node("Flatten", ["r3"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "G"], ["g"], transB=1),
+             helper.make_node("Add", ["g", "GB"], ["gb"]),
+             helper.make_node("MatMul", ["gb", "M"], ["m"]),
+             helper.make_node("Add", ["m", "ONE"], ["z_scaled"])]
+    package = _graph_package(tmp_path, nodes, ["flux"], ["z_scaled"], w, npix, 1)
+    for batch in (1, 5):
+        x = rng.normal(size=(batch, npix)).astype(np.float32)
+        ours, theirs = FftBackend(package).run(x)["z_scaled"], open_backend(package, "cpu").run(x)["z_scaled"]
+        assert ours.shape == theirs.shape == (batch, 1)
+        assert np.allclose(ours, theirs, rtol=1e-4, atol=1e-4 * np.abs(theirs).max())
+
+
+@pytest.mark.parametrize("engine", ["ducc0", "scipy", "numpy"])
+def test_repeated_batches_allocate_no_new_pool_buffers(tmp_path, engine):
+    from onnx import helper
+
+    # review finding: with engines that allocate their own output, a pool buffer was taken per call and never
+    # given back
+    rng = np.random.default_rng(5)
+    w = {"W1": rng.normal(size=(4, 1, 41)).astype(np.float32), "W2": rng.normal(size=(4, 4, 41)).astype(np.float32),
+         "G": rng.normal(size=(1, 4 * 300)).astype(np.float32)}
+    nodes = [helper.make_node("Conv", ["flux", "W1"], ["c1"], kernel_shape=[41], pads=[20, 20]),
+             helper.make_node("Relu", ["c1"], ["r1"]),
+             helper.make_node("Conv", ["r1", "W2"], ["c2"], kernel_shape=[41], pads=[20, 20]),
+             helper.make_node("Flatten", ["c2"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "G"], ["z_scaled"], transB=1)]
+    package = _graph_package(tmp_path, nodes, ["flux"], ["z_scaled"], w, 300, 1)
+    backend = FftBackend(package, fft_engine=engine)
+    x = rng.normal(size=(4, 300)).astype(np.float32)
+    backend.run(x)
+    pooled = len(backend.ops._pooled)
+    for _ in range(4):
+        backend.run(x)
+    assert len(backend.ops._pooled) == pooled

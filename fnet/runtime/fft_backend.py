@@ -194,10 +194,7 @@ class FftBackend(Backend):
         step = self._op(node, reusable)
         constant = [name in self.values for name in node.inputs]
         if node.op_type in CHANNELS_LAST_OPS:
-            if node.op_type != "Add" or not any(constant):
-                return step
-            # a constant operand is in the ONNX layout: broadcast it as rank 3, then channels-last
-            return lambda *args: step(*[_channels_last_constant(v) if c else v for v, c in zip(args, constant)])
+            return step
 
         def in_onnx_layout(*args):
             value = step(*[v if c or v is None else _onnx_layout(v) for v, c in zip(args, constant)])
@@ -218,7 +215,7 @@ class FftBackend(Backend):
                 return out
             return relu
         if op == "Add":
-            return _Add(self.ops, own)
+            return _Add(self.ops, own, [name in self.values for name in node.inputs])
         if op == "Identity":
             return lambda x: x
         if op == "Flatten":
@@ -254,11 +251,13 @@ class FftBackend(Backend):
         if op == "BatchNormalization":
             eps = a.get("epsilon", 1e-5)
 
-            def batchnorm(x, scale, bias, mean, var):  # channels are the last axis: (B, C) or (B, L, C)
-                k = scale / xp.sqrt(var + eps)
-                y = xp.subtract(x, mean, out=x if own[0] else None)
+            def batchnorm(x, scale, bias, mean, var):
+                # channels are the last axis of (B, C) and channels-last (B, L, C); axis 1 of higher ranks (ONNX)
+                shape = (-1,) if x.ndim <= 3 else (1, -1) + (1,) * (x.ndim - 2)
+                k = (scale / xp.sqrt(var + eps)).reshape(shape)
+                y = xp.subtract(x, mean.reshape(shape), out=x if own[0] else None)
                 y *= k
-                y += bias
+                y += bias.reshape(shape)
                 return y
             return batchnorm
         if op == "MaxPool":
@@ -282,6 +281,8 @@ class FftBackend(Backend):
 
     def _maxpool(self, node: Node) -> Callable:
         xp, a = self.xp, node.attributes
+        if len(a["kernel_shape"]) != 1:
+            raise BackendUnavailable(f"MaxPool {node.name}: only 1-D pooling is supported (kernel {a['kernel_shape']})")
         k = a["kernel_shape"][0]
         s = a.get("strides", [1])[0]
         if any(a.get("pads", [0, 0])) or a.get("ceil_mode", 0) or any(d != 1 for d in a.get("dilations", [1])):
@@ -302,12 +303,16 @@ class _Add:
     when the fused Relu reads it back.
     """
 
-    def __init__(self, ops: ArrayOps, own: list[bool]):
-        self.ops, self.own = ops, own
+    def __init__(self, ops: ArrayOps, own: list[bool], constant: list[bool]):
+        self.ops, self.own, self.constant = ops, own, constant
         self.relu_output = False  # set by FftBackend._fuse_add_relus
 
     def __call__(self, x, y):
         xp = self.ops.xp
+        if max(x.ndim, y.ndim) == 3:  # a channels-last sum: operands in the ONNX layout are turned to match
+            x, y = (v if v.ndim == 3 and not c else _channels_last_operand(v) for v, c in zip((x, y), self.constant))
+        else:  # any other rank is added in the ONNX layout
+            x, y = (v if c else _onnx_layout(v) for v, c in zip((x, y), self.constant))
         shape = np.broadcast_shapes(x.shape, y.shape)  # shape arithmetic: numpy's, on either array module
         if self.own[0] and x.shape == shape:
             out = x
@@ -343,10 +348,9 @@ def _channels_last(value):
     return value.transpose(0, 2, 1) if value.ndim == 3 else value
 
 
-def _channels_last_constant(value):
-    """A constant that broadcasts against (B, C, L), reshaped to broadcast the same way against (B, L, C)."""
-    if value.ndim > 3:
-        return value
+def _channels_last_operand(value):
+    """An ONNX-layout operand of rank <= 3 (a constant, or a computed lower-rank value) that broadcasts against
+    (B, C, L), as the view that broadcasts the same way against (B, L, C)."""
     return value.reshape((1,) * (3 - value.ndim) + tuple(value.shape)).transpose(0, 2, 1)
 
 

@@ -134,8 +134,13 @@ class _FftEngine:
             except ImportError:
                 pass
 
+    @property
+    def writes_out(self) -> bool:
+        """Whether rfft/irfft write into a given `out` buffer (else they return new arrays)."""
+        return self._ducc is not None or self._pocketfft is not None
+
     def rfft(self, x, n: int, out=None):
-        """Unnormalised real FFT of length n along axis 1 (x already n long when `out` is given)."""
+        """Unnormalised real FFT of length n along axis 1 (x already n long when `out` is given); complex64."""
         if out is not None and x.shape[1] == n:
             if self._ducc is not None:
                 return self._ducc.r2c(x, axes=(1,), forward=True, out=out, nthreads=self.threads)
@@ -143,10 +148,10 @@ class _FftEngine:
                 return self._pocketfft.r2c(x, axes=[1], forward=True, inorm=0, out=out, nthreads=self.threads)
         if self._scipy is not None:
             return self._scipy.rfft(x, n=n, axis=1, workers=self.threads)
-        return self.xp.fft.rfft(x, n=n, axis=1)
+        return self.xp.fft.rfft(x, n=n, axis=1).astype(np.complex64, copy=False)  # numpy 1.x computes in float64
 
     def irfft(self, z, n: int, out=None):
-        """Inverse of rfft (divided by n), length n along axis 1; may overwrite z."""
+        """Inverse of rfft (divided by n), length n along axis 1, float32; may overwrite z."""
         if out is not None:
             if self._ducc is not None:
                 return self._ducc.c2r(z, axes=(1,), lastsize=n, forward=False, inorm=2, out=out,
@@ -156,7 +161,7 @@ class _FftEngine:
                                            nthreads=self.threads)
         if self._scipy is not None:
             return self._scipy.irfft(z, n=n, axis=1, workers=self.threads)
-        return self.xp.fft.irfft(z, n=n, axis=1)
+        return self.xp.fft.irfft(z, n=n, axis=1).astype(np.float32, copy=False)
 
 
 def _single_threaded_blas() -> Callable[[], Any]:
@@ -164,7 +169,8 @@ def _single_threaded_blas() -> Callable[[], Any]:
 
     Why: the backend splits its GEMMs over its own worker threads; an OpenBLAS that also threads them
     puts four busy threads on two cores, and its idle threads spin after each call, stealing the cores
-    from the FFTs that follow.
+    from the FFTs that follow. The limit is process-wide while a batch runs (threadpoolctl sets BLAS's
+    global thread count and restores it after), one more reason why one backend runs one batch at a time.
     """
     try:
         from threadpoolctl import ThreadpoolController
@@ -355,13 +361,14 @@ class Conv1d:
     def _fft(self, x, n: int, out_len: int):
         ops, xp = self.ops, self.ops.xp
         batch, frequencies = x.shape[0], n // 2 + 1
-        spectrum = ops.rfft(self._padded(x, n), n, out=ops.scratch(("spectrum",), (batch, frequencies, self.c_in),
-                                                                       np.complex64))  # (B, F, c_in)
+        given = ops.scratch(("spectrum",), (batch, frequencies, self.c_in), np.complex64) if ops.engine.writes_out \
+            else None
+        spectrum = ops.rfft(self._padded(x, n), n, out=given)  # (B, F, c_in)
         mixed = self._mix(spectrum, self._mixing_weights(n))
         if self.bias is not None:  # a constant b is n·b in the DC bin of an unnormalised rfft: the bias costs nothing
             mixed[:, 0, :] += xp.asarray(n * self.bias)
         # circular correlation over n >= padded length: outputs [0, out_len) never see the wrap-around
-        out = ops.take((batch, n, self.c_out)) if xp is np else None  # else irfft allocates
+        out = ops.take((batch, n, self.c_out)) if ops.engine.writes_out else None  # else irfft allocates
         return ops.irfft(mixed, n, out=out)[:, :out_len]
 
     def _mix(self, spectrum, weights):
