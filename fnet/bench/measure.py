@@ -29,7 +29,7 @@ from ..runtime.readers import read_spectra
 
 PARITY_N = 64  # spectra every backend runs for parity: the first PARITY_N of the input pool
 MIN_TIMED_CALLS = 3  # a p50 of fewer calls says little; --seconds never cuts below this (nor above --repeats)
-LIBRARIES = ("numpy", "scipy", "onnxruntime", "torch", "cupy", "tensorrt", "click", "astropy")
+LIBRARIES = ("numpy", "scipy", "ducc0", "threadpoolctl", "onnxruntime", "torch", "cupy", "tensorrt", "click", "astropy")
 
 
 def simulated_pool(package: ModelPackage, n: int = PARITY_N, seed: int = 0) -> np.ndarray:

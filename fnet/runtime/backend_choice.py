@@ -50,7 +50,7 @@ def machine_key(device: str, threads: int | None) -> str:
     from .. import __version__ as fnet_version
 
     versions = [f"fnet={fnet_version}"]
-    for module in ("numpy", "scipy", "onnxruntime", "cupy"):  # those the two backends have loaded: nothing imported
+    for module in ("numpy", "scipy", "ducc0", "onnxruntime", "cupy"):  # those the two backends have loaded: nothing imported
         version = getattr(sys.modules.get(module), "__version__", None)
         if version:
             versions.append(f"{module}={version}")
