@@ -11,7 +11,7 @@ and their output (batch, frequency, channels) is exactly what the channel mixing
 a (batch x c_in) matrix whose rows are contiguous, multiplied by that frequency's (c_in x c_out) weights.
 BLAS takes such strided matrices as they are, so the mixing is a batched GEMM with no transposes (the
 ONNX layout (batch, channels, length) needed two transposes per convolution, which cost more than the
-GEMMs: `python benchmarks/bench_fft.py --profile`). Complex products are done as real ones: a complex64
+GEMMs themselves: docs/models.md, "Inference through the FFT"). Complex products are done as real ones: a complex64
 (B, c_in) row block viewed as float32 pairs times a real (2 c_in, 2 c_out) matrix [[re, im], [-im, re]]
 per frequency, faster than numpy's complex matmul on these small matrices (OpenBLAS sgemm vs cgemm).
 Direct convolutions are channels-last too: one (B·L, c_in) x (c_in, c_out) GEMM per tap.
