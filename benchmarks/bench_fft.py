@@ -5,6 +5,7 @@
     python benchmarks/bench_fft.py --profile  # also where the FFT backend's time goes (per stage, paper network)
     python benchmarks/bench_fft.py --conv-rule  # measure the FFT/direct cost constants of fnet.runtime.fft_conv
     python benchmarks/bench_fft.py --engines    # the paper network through each installed CPU FFT engine, one run
+    python benchmarks/bench_fft.py --lengths    # time per point of FFT sizes 4626-5120: ducc0 (runtime), torch (training)
 
 The paper network is exported with random weights (same cost as a trained one; needs torch for the
 export only). Inputs are real dr16 spectra prepared as fnet-run prepares them.
@@ -51,7 +52,10 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="where one FFT run of the paper network spends its time")
     parser.add_argument("--conv-rule", action="store_true", help="time single convolutions both ways, fit CONV_RULE")
     parser.add_argument("--engines", action="store_true", help="the paper network through each CPU FFT engine")
+    parser.add_argument("--lengths", action="store_true", help="r2c + c2r time of each even 7-smooth size 4626..5120")
     args = parser.parse_args()
+    if args.lengths:
+        return lengths(args.batch, args.repeats)
     if args.conv_rule:
         return conv_rule(args.batch)
     from bench_runtime import paper_package
@@ -139,12 +143,57 @@ def profile(backend: FftBackend, x: np.ndarray) -> None:
     print(f"  {'rest (bias, graph walk, Python)':<34} {rest * 1e3:8.1f} ms  {rest / total:6.1%}")
 
 
+def lengths(batch: int, repeats: int) -> int:
+    """Forward + inverse real FFT of (batch, 32 channels, n) for each even 7-smooth n the paper's layers may use.
+
+    Behind fnet.runtime.fft_conv.next_fast_length: the runtime (ducc0, channels-last) takes the smallest
+    even size, training (torch) sizes with at least 2^4 in them.
+    """
+    from fnet.runtime.fft_conv import next_fast_length
+
+    sizes, n = [], 4626
+    while n <= 5120:
+        sizes.append(next_fast_length(n))
+        n = sizes[-1] + 1
+    timers = {}
+    try:
+        import ducc0
+
+        def with_ducc(n: int):
+            x = np.random.default_rng(0).standard_normal((batch, n, 32)).astype(np.float32)
+            z, back = np.empty((batch, n // 2 + 1, 32), np.complex64), np.empty_like(x)
+            return lambda: (ducc0.fft.r2c(x, axes=(1,), forward=True, out=z, nthreads=2),
+                            ducc0.fft.c2r(z, axes=(1,), lastsize=n, forward=False, inorm=2, out=back, nthreads=2))
+        timers[f"ducc0 {ducc0.__version__} (B, n, 32)"] = with_ducc
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        def with_torch(n: int):
+            x = torch.randn(batch, 32, n)
+            return lambda: torch.fft.irfft(torch.fft.rfft(x, dim=-1), n=n, dim=-1)
+        timers[f"torch {torch.__version__} (B, 32, n)"] = with_torch
+    except ImportError:
+        pass
+    print(f"batch {batch}, 32 channels; ms for rfft + irfft, best of {max(repeats, 5)} (ns per point)")
+    print(f"{'n':>5} {'2^a':>4}  " + "  ".join(f"{name:>34}" for name in timers))
+    for n in sizes:
+        twos = (n & -n).bit_length() - 1
+        cells = []
+        for make in timers.values():
+            seconds = _best(make(n), max(repeats, 5))
+            cells.append(f"{seconds * 1e3:>24.2f} ({seconds / (batch * 32 * n) * 1e9:5.2f} ns)")
+        print(f"{n:>5} {twos:>4}  " + "  ".join(cells))
+    return 0
+
+
 def conv_rule(batch: int) -> int:
     """Time convolutions both ways over the shapes the toolkit's networks use; fit and check CONV_RULE's constants."""
     import math
 
     from fnet.runtime import fft_conv
-    from fnet.runtime.fft_conv import ArrayOps, Conv1d, next_fast_length
+    from fnet.runtime.fft_conv import ArrayOps, Conv1d, fft_length
 
     ops = ArrayOps(np)
     rng = np.random.default_rng(0)
@@ -154,7 +203,7 @@ def conv_rule(batch: int) -> int:
     for k, c_in, c_out, length in shapes:
         conv = Conv1d(rng.normal(size=(c_out, c_in, k)).astype(np.float32), None, (k // 2, k - 1 - k // 2), ops)
         x = rng.normal(size=(batch, length, c_in)).astype(np.float32)  # channels-last, as the backend runs
-        n = next_fast_length(length + k - 1)
+        n = fft_length(length, k, conv.pads)
         with ops.blas_limit():
             t_fft = _best(lambda: conv._fft(x, n, length))
             t_direct = _best(lambda: conv._direct(x, length))
@@ -170,7 +219,7 @@ def conv_rule(batch: int) -> int:
     print(f"{'k':>4} {'c_in':>4} {'c_out':>5} {'L':>5} {'fft ms':>8} {'direct ms':>9}  faster  rule")
     wrong = 0
     for k, ci, co, length, n, t_fft, t_direct in rows:
-        rule = "fft" if fft_conv.use_fft(k, ci, co, length + k - 1) else "direct"
+        rule = "fft" if fft_conv.use_fft(k, ci, co, length + k - 1, n) else "direct"
         faster = "fft" if t_fft < t_direct else "direct"
         wrong += rule != faster and abs(t_fft / t_direct - 1) > 0.2
         print(f"{k:>4} {ci:>4} {co:>5} {length:>5} {t_fft * 1e3:>8.2f} {t_direct * 1e3:>9.2f}  {faster:<6}  {rule}"

@@ -10,7 +10,7 @@ from fnet.cli import default_model_path
 from fnet.runtime.backends import open_backend
 from fnet.runtime.errors import BackendUnavailable
 from fnet.runtime.fft_backend import FftBackend
-from fnet.runtime.fft_conv import next_fast_length
+from fnet.runtime.fft_conv import ArrayOps, Conv1d, fft_length, next_fast_length
 from fnet.runtime.heads import decode
 from fnet.runtime.model_package import build_metadata, load_model_package
 from fnet.runtime.onnx_graph import read_graph
@@ -41,14 +41,41 @@ def test_the_graph_reader_agrees_with_the_onnx_package():
         [package.head["class_output"]] if package.head.get("classes") else [])
 
 
-def test_fast_lengths_are_5_smooth_and_enough():
-    for n in (1, 7, 1155, 4618, 5117, 5118):
+def test_fast_lengths_are_the_smallest_even_7_smooth_sizes():
+    def smooth(m: int) -> bool:
+        for p in (2, 3, 5, 7):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    assert [next_fast_length(n) for n in (1, 7, 11, 4868, 5118)] == [1, 8, 12, 4900, 5120]
+    for n in list(range(2, 400)) + [1155, 4618, 4719, 5117]:
         m = next_fast_length(n)
-        k = m
-        for p in (2, 3, 5):
-            while k % p == 0:
-                k //= p
-        assert m >= n and k == 1 and m < 1.25 * n + 2
+        assert m >= n and m % 2 == 0 and smooth(m)
+        assert not any(j % 2 == 0 and smooth(j) for j in range(n, m))  # and the smallest such
+    for n in range(2, 400):  # training's sizes: at least 2^4 in them
+        m = next_fast_length(n, twos=4)
+        assert m >= n and m % 16 == 0 and smooth(m) and not any(j % 16 == 0 and smooth(j) for j in range(n, m))
+
+
+@pytest.mark.parametrize("k, pads", [(500, (250, 250)), (15, (6, 6)), (31, (0, 30)), (31, (30, 0)),
+                                     (9, (2, 7)), (5, (6, 1))])
+def test_the_shortened_fft_convolution_equals_a_linear_one(k, pads):
+    """fft_length lets the circular correlation wrap onto zero padding only: every output is exact."""
+    length, c_in, c_out = 700 if k == 500 else 301, 3, 4
+    rng = np.random.default_rng(k + 7 * pads[0])
+    x = rng.standard_normal((2, length, c_in)).astype(np.float32)
+    w = rng.standard_normal((c_out, c_in, k)).astype(np.float32)
+    conv = Conv1d(w, None, pads, ArrayOps(np, threads=1))
+    n = fft_length(length, k, pads)
+    if k == 500:  # shorter than the full linear length: the wrap-around really is exercised
+        assert n == 960 < next_fast_length(length + sum(pads)) == 1200
+    y = conv._fft(x, n, length + sum(pads) - k + 1)
+    padded = np.pad(x.astype(np.float64), ((0, 0), pads, (0, 0)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, k, axis=1)  # (B, out, c_in, k)
+    expected = np.einsum("boik,jik->boj", windows, w.astype(np.float64))
+    assert y.shape == expected.shape
+    assert np.max(np.abs(y - expected)) < 1e-4 * np.max(np.abs(expected))
 
 
 def test_the_embedded_model_gives_onnxruntime_redshifts_on_real_spectra():

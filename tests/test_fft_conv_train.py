@@ -11,7 +11,7 @@ from torch import nn
 from fnet.runtime.grid import Grid
 from fnet.train.config import load_config
 from fnet.train.fft_conv import (AUTO_MIN_KERNEL, FFTConv1d, convert_convolutions, fft_conv1d, fft_length,
-                                 next_fast_length, plain_copy, wants_fft)
+                                 plain_copy, wants_fft)
 from fnet.train.model import build_model, count_macs
 
 REG = {"kind": "regression", "output": "z_scaled", "z_min": 0.0, "z_max": 7.0}
@@ -97,19 +97,9 @@ def test_half_precision_is_computed_in_float32():
     assert _relative_error(y, conv(x)) < 2e-3  # half inputs and weights, float32 arithmetic
 
 
-def test_fft_length_is_5_smooth_and_long_enough():
-    assert [next_fast_length(n) for n in (1, 7, 11, 4868, 5118)] == [1, 8, 12, 5000, 5120]
-    assert fft_length(4618, 500, 250) == 5000  # L + pad, not L + 2 pad: wrapped indices land in zeros
-    for n in (97, 1000, 4619):
-        m = next_fast_length(n)
-        assert m >= n and _smooth(m)
-
-
-def _smooth(n: int) -> bool:
-    for p in (2, 3, 5):
-        while n % p == 0:
-            n //= p
-    return n == 1
+def test_fft_length_lets_the_correlation_wrap_onto_zero_padding_only():
+    assert fft_length(4618, 500, 250) == 5040  # from L + pad = 4868, not L + 2 pad = 5117 (5120); 2^4 in it
+    assert fft_length(96, 9, 0) == 96 and fft_length(10, 31, 15) == 32  # the kernel itself must fit
 
 
 def test_unsupported_convolutions_are_refused_or_left_alone():

@@ -48,27 +48,53 @@ MIX_TASKS_PER_THREAD = 2  # the mixing's frequencies in 2 blocks per worker thre
                           # than blocks of 32..256 frequencies at B=32, c=32 (one task per thread: less balanced)
 
 
-def next_fast_length(n: int) -> int:
-    """Smallest 2^a 3^b 5^c >= n (FFT sizes both pocketfft and cuFFT handle fastest)."""
-    best = 1 << max(n - 1, 0).bit_length()
-    p5 = 1
-    while p5 < best:
-        p35 = p5
-        while p35 < best:
-            size = p35
-            while size < n:
-                size *= 2
-            best = min(best, size)
-            p35 *= 3
-        p5 *= 5
+def next_fast_length(n: int, twos: int = 1) -> int:
+    """Smallest 2^a 3^b 5^c 7^d >= n with a >= twos (1 for n <= 1): the FFT sizes FFT libraries do fastest.
+
+    Why 7, and why a factor of 2: with ducc0 on (32, n, 32) float32 arrays the time per point of an
+    r2c + c2r pair is flat (~3 ns) over even 5- and 7-smooth sizes from 4704 to 5120 and ~10 % higher at
+    an odd one (4725), so the runtime takes the smallest even size: 4900 points for FNet's k=500 layers.
+    torch's CPU FFT (MKL) is ~2x slower at sizes with fewer than 2^4 in them (4860, 4900, 5000: 17-21 ms
+    against 9-13 ms for 4704, 4800, 5040, 5120 on (32, 32, n)), so training asks for twos=4
+    (`python benchmarks/bench_fft.py --lengths` measures both).
+    """
+    if n <= 1:
+        return 1
+    best = 1 << max((n - 1).bit_length(), twos)
+    p7 = 1 << twos
+    while p7 < best:
+        p57 = p7
+        while p57 < best:
+            p357 = p57
+            while p357 < best:
+                size = p357
+                while size < n:
+                    size *= 2
+                best = min(best, size)
+                p357 *= 3
+            p57 *= 5
+        p7 *= 7
     return best
 
 
-def use_fft(k: int, c_in: int, c_out: int, length: int) -> bool:
-    """CONV_RULE: does a k-tap c_in->c_out convolution over `length` padded pixels run through the FFT?"""
+def fft_length(length: int, k: int, pads: tuple[int, int], twos: int = 1) -> int:
+    """The FFT length for `length` input pixels, a k-tap kernel and (left, right) zero pads.
+
+    Why not length + both pads: the circular correlation may wrap around as long as what it wraps onto is
+    zero. With the input at [left, left + length) of an n-long zero buffer, output m reads buffer indices
+    m .. m + k - 1 (mod n); those past n read index - n, which lands in the left zeros when
+    n >= length + right. So n >= length + max(left, right) (the data must fit too), and n must hold the
+    outputs and the kernel. For FNet's k=500 layers that is 4868 points (FFT 4900) instead of 5117 (5120).
+    """
+    left, right = pads
+    return next_fast_length(max(length + max(left, right), length + left + right - k + 1, k), twos)
+
+
+def use_fft(k: int, c_in: int, c_out: int, length: int, n: int | None = None) -> bool:
+    """CONV_RULE: does a k-tap c_in->c_out convolution over `length` padded pixels (FFT length n) run through the FFT?"""
     if k == 1:
         return False
-    n = next_fast_length(length)
+    n = n or next_fast_length(length)
     fft = COST_FFT_POINT * (c_in + c_out) * n * math.log2(n) + COST_MIX_PAIR * c_in * c_out * (n // 2 + 1)
     direct = COST_DIRECT_MAC * c_in * c_out * k * (length - k + 1)
     return fft < direct
@@ -287,14 +313,14 @@ class Conv1d:
 
     def uses_fft(self, length: int) -> bool:
         """Whether an input of `length` pixels goes through the FFT (CONV_RULE)."""
-        return use_fft(self.k, self.c_in, self.c_out, length + sum(self.pads))
+        return use_fft(self.k, self.c_in, self.c_out, length + sum(self.pads), fft_length(length, self.k, self.pads))
 
     def __call__(self, x, *_baked):
         """y = Conv(x) for x (B, L, c_in) (weight/bias arguments ignored: baked in); (B, L + pads - k + 1, c_out)."""
         length = x.shape[1] + sum(self.pads)
         if self.uses_fft(x.shape[1]):
             self.last_route = "fft"
-            return self._fft(x, next_fast_length(length), length - self.k + 1)
+            return self._fft(x, fft_length(x.shape[1], self.k, self.pads), length - self.k + 1)
         self.last_route = "direct"
         return self._direct(x, length - self.k + 1)
 
@@ -367,7 +393,7 @@ class Conv1d:
         mixed = self._mix(spectrum, self._mixing_weights(n))
         if self.bias is not None:  # a constant b is n·b in the DC bin of an unnormalised rfft: the bias costs nothing
             mixed[:, 0, :] += xp.asarray(n * self.bias)
-        # circular correlation over n >= padded length: outputs [0, out_len) never see the wrap-around
+        # circular correlation over n (fft_length): what outputs [0, out_len) wrap onto is zero padding
         out = ops.take((batch, n, self.c_out)) if ops.engine.writes_out else None  # else irfft allocates
         return ops.irfft(mixed, n, out=out)[:, :out_len]
 

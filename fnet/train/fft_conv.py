@@ -9,7 +9,7 @@ Method (cross-correlation with explicit zero padding p, as nn.Conv1d): the kerne
 and shifted by p, into a zero buffer of length n (g[(p - j) mod n] = w[j]), so that
 y = irfft(rfft(x, n) · rfft(g, n))[:L_out] is the circular convolution that equals the padded linear
 one as long as n >= max(L + p, L_out, k) (wrapped indices land only in the zero region; a tighter bound
-than L + 2p). n is 5-smooth (fnet.runtime.fft_conv.next_fast_length). The channel mixing is one complex
+than L + 2p). n is fnet.runtime.fft_conv.fft_length (7-smooth, with 2^4 in it: torch's fast sizes). The channel mixing is one complex
 batched matmul per frequency, (F, B, c_in) @ (F, c_in, c_out), on contiguous frequency-major tensors
 (measured as fast as the real-GEMM block form [[re, im], [-im, re]] without building that 4x matrix).
 
@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fnet.runtime.fft_conv import next_fast_length  # the 5-smooth FFT sizes the runtime's FFT backend uses
+from fnet.runtime.fft_conv import fft_length as runtime_fft_length  # the FFT sizes the runtime's FFT backend uses
 
 Mode = Literal["auto", "on", "off"]
 
@@ -48,9 +48,12 @@ AUTO_RULE = (f"FFT for kernels of {AUTO_MIN_KERNEL}+ taps on CPU; never 1x1; dir
              "(cuDNN, not measured against the FFT yet)")
 
 
+TORCH_FFT_TWOS = 4  # torch's CPU FFT (MKL) is ~2x slower at sizes with fewer than 2^4 (next_fast_length)
+
+
 def fft_length(length: int, k: int, padding: int) -> int:
     """The FFT length for an input of `length` pixels, a k-tap kernel and zero padding on both sides."""
-    return next_fast_length(max(length + padding, length + 2 * padding - k + 1, k))
+    return runtime_fft_length(length, k, (padding, padding), twos=TORCH_FFT_TWOS)
 
 
 class _FFTCorrelation(torch.autograd.Function):
