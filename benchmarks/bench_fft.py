@@ -5,7 +5,7 @@
     python benchmarks/bench_fft.py --profile  # also where the FFT backend's time goes (per stage, paper network)
     python benchmarks/bench_fft.py --conv-rule  # measure the FFT/direct cost constants of fnet.runtime.fft_conv
     python benchmarks/bench_fft.py --engines    # the paper network through each installed CPU FFT engine, one run
-    python benchmarks/bench_fft.py --lengths    # time per point of FFT sizes 4626-5120: ducc0 (runtime), torch (training)
+    python benchmarks/bench_fft.py --lengths    # FFT sizes 4626-5120 (ducc0, torch), then the paper network: old vs new lengths
 
 The paper network is exported with random weights (same cost as a trained one; needs torch for the
 export only). Inputs are real dr16 spectra prepared as fnet-run prepares them.
@@ -55,7 +55,7 @@ def main() -> int:
     parser.add_argument("--lengths", action="store_true", help="r2c + c2r time of each even 7-smooth size 4626..5120")
     args = parser.parse_args()
     if args.lengths:
-        return lengths(args.batch, args.repeats)
+        lengths(args.batch, args.repeats)
     if args.conv_rule:
         return conv_rule(args.batch)
     from bench_runtime import paper_package
@@ -63,6 +63,8 @@ def main() -> int:
     files = sorted((ROOT.parent / "shared" / "data" / "sdss" / "dr16").glob("spec-*.fits"))
     spectra = [read_spectra(f)[0] for f in files]
     with tempfile.TemporaryDirectory() as tmp:
+        if args.lengths:
+            return length_rules(load_model_package(paper_package(Path(tmp))), spectra, args.batch, max(args.repeats, 3))
         if args.engines:
             return engines(load_model_package(paper_package(Path(tmp))), spectra, args.batch, args.repeats)
         models = [("embedded default (pooled4x)", default_model_path()), ("paper (random weights)", paper_package(Path(tmp)))]
@@ -143,7 +145,7 @@ def profile(backend: FftBackend, x: np.ndarray) -> None:
     print(f"  {'rest (bias, graph walk, Python)':<34} {rest * 1e3:8.1f} ms  {rest / total:6.1%}")
 
 
-def lengths(batch: int, repeats: int) -> int:
+def lengths(batch: int, repeats: int) -> None:
     """Forward + inverse real FFT of (batch, 32 channels, n) for each even 7-smooth n the paper's layers may use.
 
     Behind fnet.runtime.fft_conv.next_fast_length: the runtime (ducc0, channels-last) takes the smallest
@@ -185,7 +187,48 @@ def lengths(batch: int, repeats: int) -> int:
             seconds = _best(make(n), max(repeats, 5))
             cells.append(f"{seconds * 1e3:>24.2f} ({seconds / (batch * 32 * n) * 1e9:5.2f} ns)")
         print(f"{n:>5} {twos:>4}  " + "  ".join(cells))
+
+
+def length_rules(paper, spectra, batch: int, rounds: int) -> int:
+    """The paper network through the FFT backend with this version's FFT lengths and with the previous rule, one run.
+
+    Previous rule: the smallest 5-smooth n >= input + both pads (5120 / 4860 / 4800 for the k=500/200/15
+    layers); now: fft_conv.fft_length (4900 / 4800 / 4704). Rounds alternate the order; best and median
+    seconds per batch are printed.
+    """
+    from fnet.runtime import fft_conv
+
+    def previous(length: int, k: int, pads: tuple[int, int], twos: int = 1) -> int:
+        n = length + sum(pads)
+        while not _five_smooth(n):
+            n += 1
+        return n
+
+    current = fft_conv.fft_length
+    x = prepare_spectra(spectra[:batch], paper.grid, paper.normalisation).x
+    backend = FftBackend(paper)
+    times: dict[str, list[float]] = {"previous (5-smooth >= L + both pads)": [], "current (fft_length)": []}
+    try:
+        for r in range(rounds + 1):
+            for name in (list(times) if r % 2 == 0 else list(times)[::-1]):
+                fft_conv.fft_length = previous if name.startswith("previous") else current
+                t0 = time.perf_counter()
+                backend.run(x)
+                if r:  # round 0 warms both up (kernel spectra per length, buffers)
+                    times[name].append(time.perf_counter() - t0)
+    finally:
+        fft_conv.fft_length = current
+    print(f"\npaper network, batch {batch}, {rounds} alternating rounds, one run (seconds per batch)")
+    for name, t in times.items():
+        print(f"  {name:<40} best {min(t):.3f}  median {float(np.median(t)):.3f}  ({batch / min(t):.1f} spectra/s best)")
     return 0
+
+
+def _five_smooth(n: int) -> bool:
+    for p in (2, 3, 5):
+        while n % p == 0:
+            n //= p
+    return n == 1
 
 
 def conv_rule(batch: int) -> int:

