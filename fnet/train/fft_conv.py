@@ -9,9 +9,10 @@ Method (cross-correlation with explicit zero padding p, as nn.Conv1d): the kerne
 and shifted by p, into a zero buffer of length n (g[(p - j) mod n] = w[j]), so that
 y = irfft(rfft(x, n) · rfft(g, n))[:L_out] is the circular convolution that equals the padded linear
 one as long as n >= max(L + p, L_out, k) (wrapped indices land only in the zero region; a tighter bound
-than L + 2p). n is fnet.runtime.fft_conv.fft_length (7-smooth, with 2^4 in it: torch's fast sizes). The channel mixing is one complex
-batched matmul per frequency, (F, B, c_in) @ (F, c_in, c_out), on contiguous frequency-major tensors
-(measured as fast as the real-GEMM block form [[re, im], [-im, re]] without building that 4x matrix).
+than L + 2p). n is fnet.runtime.fft_conv.fft_length, 7-smooth with 2^4 in it (torch's fast sizes). The
+channel mixing is one complex batched matmul per frequency, (F, B, c_in) @ (F, c_in, c_out), on contiguous
+frequency-major tensors (measured as fast as the real-GEMM block form [[re, im], [-im, re]] without
+building that 4x matrix).
 
 Backward is a custom autograd.Function: the gradients are correlations again, computed from the saved
 spectra (input: grad-output spectrum times the conjugate kernel spectrum; weight: conjugate input
