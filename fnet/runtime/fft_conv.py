@@ -1,7 +1,7 @@
 """One 1-D convolution (ONNX Conv semantics: cross-correlation, explicit pads) by FFT or directly, over numpy or CuPy.
 
 Why the FFT: a k-tap convolution over L pixels costs L·k multiply-adds per channel pair directly. Through a
-length-n real FFT (n >= L + pads, 5-smooth) it costs one FFT per input and per output channel plus a
+length-n real FFT (n >= L + the larger pad, 7-smooth: fft_length) it costs one FFT per input and per output channel plus a
 per-frequency channel mixing of ~n/2 complex multiply-adds per channel pair: ~2n real multiply-adds,
 whatever k is. For FNet's k=500 and k=200 layers that is 100-250x fewer operations; for k=15 still ~4x.
 
