@@ -6,6 +6,7 @@
     python benchmarks/bench_fft.py --conv-rule  # measure the FFT/direct cost constants of fnet.runtime.fft_conv
     python benchmarks/bench_fft.py --engines    # the paper network through each installed CPU FFT engine, one run
     python benchmarks/bench_fft.py --lengths    # FFT sizes 4626-5120 (ducc0, torch), then the paper network: old vs new lengths
+    python benchmarks/bench_fft.py --precision  # paper network: where the float32 error against float64 comes from
 
 The paper network is exported with random weights (same cost as a trained one; needs torch for the
 export only). Inputs are real dr16 spectra prepared as fnet-run prepares them.
@@ -52,7 +53,9 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="where one FFT run of the paper network spends its time")
     parser.add_argument("--conv-rule", action="store_true", help="time single convolutions both ways, fit CONV_RULE")
     parser.add_argument("--engines", action="store_true", help="the paper network through each CPU FFT engine")
-    parser.add_argument("--lengths", action="store_true", help="r2c + c2r time of each even 7-smooth size 4626..5120")
+    parser.add_argument("--lengths", action="store_true", help="r2c + c2r time of each 7-smooth size 4626..5120")
+    parser.add_argument("--precision", action="store_true",
+                        help="paper network: |dv| from float64 of ORT, the FFT backend, and its steps in float64")
     args = parser.parse_args()
     if args.lengths:
         lengths(args.batch, args.repeats)
@@ -65,6 +68,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         if args.lengths:
             return length_rules(load_model_package(paper_package(Path(tmp))), spectra, args.batch, max(args.repeats, 3))
+        if args.precision:
+            return precision(load_model_package(paper_package(Path(tmp))), spectra[:24])
         if args.engines:
             return engines(load_model_package(paper_package(Path(tmp))), spectra, args.batch, args.repeats)
         models = [("embedded default (pooled4x)", default_model_path()), ("paper (random weights)", paper_package(Path(tmp)))]
@@ -143,19 +148,36 @@ def profile(backend: FftBackend, x: np.ndarray) -> None:
         print(f"  {name:<34} {seconds * 1e3:8.1f} ms  {seconds / total:6.1%}")
     rest = total - sum(totals.values())
     print(f"  {'rest (bias, graph walk, Python)':<34} {rest * 1e3:8.1f} ms  {rest / total:6.1%}")
+    _mixing_against_one_gemm(backend, len(x))
+
+
+def _mixing_against_one_gemm(backend: FftBackend, batch: int) -> None:
+    """One core's sgemm on a 32 -> 32 layer's mixing (2,451 (B x 64) x (64 x 64) products) and on one GEMM of
+    the same work: whether the mixing is bound by arithmetic or by the number of BLAS calls."""
+    rng = np.random.default_rng(0)
+    frequencies, width = 2451, 64
+    a = rng.standard_normal((frequencies, batch, width)).astype(np.float32)
+    w = rng.standard_normal((frequencies, width, width)).astype(np.float32)
+    y = np.empty((frequencies, batch, width), np.float32)
+    flop = 2.0 * frequencies * batch * width * width
+    with backend.ops.blas_limit():
+        stacked = _best(lambda: np.matmul(a, w, out=y), 10)
+        single = _best(lambda: np.matmul(a.reshape(-1, width), w[0], out=y.reshape(-1, width)), 10)
+    print(f"one core's sgemm on one layer's mixing ({flop / 1e9:.2f} GFLOP): {frequencies} small GEMMs "
+          f"{flop / stacked / 1e9:.0f} GFLOP/s, one large GEMM {flop / single / 1e9:.0f} GFLOP/s")
 
 
 def lengths(batch: int, repeats: int) -> None:
-    """Forward + inverse real FFT of (batch, 32 channels, n) for each even 7-smooth n the paper's layers may use.
+    """Forward + inverse real FFT of (batch, 32 channels, n) for each 7-smooth n the paper's layers may use.
 
     Behind fnet.runtime.fft_conv.next_fast_length: the runtime (ducc0, channels-last) takes the smallest
-    even size, training (torch) sizes with at least 2^4 in them.
+    even size, training (torch) sizes with at least 2^4 in them; odd sizes are listed to show why not them.
     """
     from fnet.runtime.fft_conv import next_fast_length
 
     sizes, n = [], 4626
     while n <= 5120:
-        sizes.append(next_fast_length(n))
+        sizes.append(next_fast_length(n, twos=0))
         n = sizes[-1] + 1
     timers = {}
     try:
@@ -229,6 +251,53 @@ def _five_smooth(n: int) -> bool:
         while n % p == 0:
             n //= p
     return n == 1
+
+
+def precision(paper, spectra) -> int:
+    """Where the float32 error of the paper network (random weights) comes from: max and 90th percentile |Δv|
+    from the float64 network on 24 dr16 + 24 simulated spectra, for ONNX Runtime, the FFT backend, and the
+    FFT backend with its convolutions in float64 except for one step (rfft, channel mixing, irfft) or none."""
+    from fnet.runtime import fft_conv
+    from fnet.runtime.preprocess import prepare_arrays
+    from fnet.simulate import QuasarSimulator
+
+    sim = QuasarSimulator(source="auto", seed=7).sample(24)
+    x = np.concatenate([prepare_spectra(spectra, paper.grid, paper.normalisation).x,
+                        prepare_arrays(sim.loglam, sim.flux, sim.ivar, sim.good, paper.grid, paper.normalisation).x])
+    exact = _exact_paper(x)
+
+    def report(name: str, backend) -> None:
+        dv = 299792.458 * 7.0 * np.abs(backend.run(x)["z_scaled"][:, 0] - exact) / (1 + 7.0 * exact)
+        print(f"  {name:<48} max {dv.max():6.3f}  p90 {np.percentile(dv, 90):6.3f} km/s")
+
+    def in_float64(single: str | None):
+        def convolve(self, x, n, out_len):  # the FFT convolution in float64, `single` step in float32
+            w = np.conj(np.fft.rfft(self.w.astype(np.float64), n=n, axis=-1)).transpose(2, 1, 0)
+            padded = np.zeros((x.shape[0], n, self.c_in), np.float32 if single == "rfft" else np.float64)
+            padded[:, self.pads[0]:self.pads[0] + x.shape[1]] = np.maximum(x, 0) if self.relu_input else x
+            spectrum = np.fft.rfft(padded, axis=1).astype(np.complex64 if single == "rfft" else np.complex128)
+            if single == "mixing":
+                mixed = np.einsum("bfi,fio->bfo", spectrum.astype(np.complex64), w.astype(np.complex64))
+            else:
+                mixed = np.einsum("bfi,fio->bfo", spectrum, w)
+            if self.bias is not None:
+                mixed[:, 0, :] += n * self.bias
+            y = np.fft.irfft(mixed.astype(np.complex64 if single == "irfft" else np.complex128), n=n, axis=1)
+            return y[:, :out_len].astype(np.float32)
+        return convolve
+
+    print(f"paper network (random weights), {len(x)} spectra: |dv| from the float64 network")
+    report("onnxruntime CPU (float32)", open_backend(paper, "cpu"))
+    report("FFT backend (float32)", FftBackend(paper))
+    saved = fft_conv.Conv1d._fft
+    try:
+        for single in (None, "rfft", "mixing", "irfft"):
+            fft_conv.Conv1d._fft = in_float64(single)
+            label = "FFT convolutions in float64" + (f", {single} in float32" if single else "")
+            report(label, FftBackend(paper))
+    finally:
+        fft_conv.Conv1d._fft = saved
+    return 0
 
 
 def conv_rule(batch: int) -> int:

@@ -51,12 +51,12 @@ MIX_TASKS_PER_THREAD = 2  # the mixing's frequencies in 2 blocks per worker thre
 def next_fast_length(n: int, twos: int = 1) -> int:
     """Smallest 2^a 3^b 5^c 7^d >= n with a >= twos (1 for n <= 1): the FFT sizes FFT libraries do fastest.
 
-    Why 7, and why a factor of 2: with ducc0 on (32, n, 32) float32 arrays the time per point of an
-    r2c + c2r pair is flat (~3 ns) over even 5- and 7-smooth sizes from 4704 to 5120 and ~10 % higher at
-    an odd one (4725), so the runtime takes the smallest even size: 4900 points for FNet's k=500 layers.
-    torch's CPU FFT (MKL) is ~2x slower at sizes with fewer than 2^4 in them (4860, 4900, 5000: 17-21 ms
-    against 9-13 ms for 4704, 4800, 5040, 5120 on (32, 32, n)), so training asks for twos=4
-    (`python benchmarks/bench_fft.py --lengths` measures both).
+    Why 7, and why a factor of 2 (`python benchmarks/bench_fft.py --lengths` measures both engines over the
+    sizes FNet's layers may use): with ducc0 on (32, n, 32) float32 arrays the time per point of an r2c + c2r
+    pair differs less than this VM's run-to-run noise among even 5- and 7-smooth sizes from 4704 to 5120 and
+    is higher at the odd ones (4725, 5103), so the runtime takes the smallest even size: 4900 points for
+    FNet's k=500 layers. torch's CPU FFT (MKL) is 1.5-2x slower at sizes with fewer than 2^4 in them
+    (4802, 4860, 4900, 5000) than at 4704, 4800, 5040 and 5120, so training asks for twos=4.
     """
     if n <= 1:
         return 1
@@ -90,11 +90,10 @@ def fft_length(length: int, k: int, pads: tuple[int, int], twos: int = 1) -> int
     return next_fast_length(max(length + max(left, right), length + left + right - k + 1, k), twos)
 
 
-def use_fft(k: int, c_in: int, c_out: int, length: int, n: int | None = None) -> bool:
+def use_fft(k: int, c_in: int, c_out: int, length: int, n: int) -> bool:
     """CONV_RULE: does a k-tap c_in->c_out convolution over `length` padded pixels (FFT length n) run through the FFT?"""
     if k == 1:
         return False
-    n = n or next_fast_length(length)
     fft = COST_FFT_POINT * (c_in + c_out) * n * math.log2(n) + COST_MIX_PAIR * c_in * c_out * (n // 2 + 1)
     direct = COST_DIRECT_MAC * c_in * c_out * k * (length - k + 1)
     return fft < direct
@@ -317,12 +316,12 @@ class Conv1d:
 
     def __call__(self, x, *_baked):
         """y = Conv(x) for x (B, L, c_in) (weight/bias arguments ignored: baked in); (B, L + pads - k + 1, c_out)."""
-        length = x.shape[1] + sum(self.pads)
+        out_len = x.shape[1] + sum(self.pads) - self.k + 1
         if self.uses_fft(x.shape[1]):
             self.last_route = "fft"
-            return self._fft(x, fft_length(x.shape[1], self.k, self.pads), length - self.k + 1)
+            return self._fft(x, fft_length(x.shape[1], self.k, self.pads), out_len)
         self.last_route = "direct"
-        return self._direct(x, length - self.k + 1)
+        return self._direct(x, out_len)
 
     def _padded(self, x, n: int):
         """x (after the fused ReLU, if any) at the left pad inside a zero buffer of length n, shared between calls."""

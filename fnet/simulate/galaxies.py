@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from fnet.runtime.constants import C_KMS
 from fnet.simulate.lattice import STEP, redshift_table
+from fnet.simulate.observe import child_rng
 from fnet.simulate.restframe import (
     HALPHA, OII, d4000, equivalent_width, read_lattice_image, rebin_to_lattice, running_median, valid_range,
 )
@@ -63,7 +65,6 @@ NLAGN_LINES = {"[NeV]3426": 3426.85, "[OII]3727": 3727.09, "[OII]3729": 3729.88,
                "Hgamma": 4341.69, "HeII4686": 4687.02, "Hbeta": 4862.68, "[OIII]4959": 4960.30,
                "[OIII]5007": 5008.24, "[OI]6300": 6302.05, "[NII]6548": 6549.86, "Halpha": 6564.61,
                "[NII]6584": 6585.27, "[SII]6716": 6718.29, "[SII]6731": 6732.67}
-C_KMS = 299792.458
 
 
 def narrow_line_agn(lam: np.ndarray, table: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -357,7 +358,7 @@ class GalaxyModel:
                 seed[sub] = np.array(src.seed_names, dtype=object)[k]
         nlagn = np.zeros(n, bool)
         if nlagn_fraction > 0:  # a child stream: without it every other draw stays as it was
-            child = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
+            child = child_rng(rng)
             nlagn = child.random(n) < nlagn_fraction
             if nlagn.any():
                 table[nlagn] += narrow_line_agn(lib.lam, table[nlagn], child) * (valid[nlagn] > 0)

@@ -94,8 +94,13 @@ def apply_calibration_errors(model: np.ndarray, loglam: np.ndarray, rng: np.rand
     were without them."""
     if cfg.calibration_rms <= 0 and cfg.arm_step_rms <= 0:
         return
-    child = np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
-    model *= calibration_errors(len(model), loglam, child, cfg.calibration_rms, cfg.arm_step_rms)
+    model *= calibration_errors(len(model), loglam, child_rng(rng), cfg.calibration_rms, cfg.arm_step_rms)
+
+
+def child_rng(rng: np.random.Generator) -> np.random.Generator:
+    """An independent stream spawned from rng's seed: optional effects draw from it, so turning them on or off
+    leaves every draw of rng itself (and so every other output) as it was."""
+    return np.random.default_rng(rng.bit_generator.seed_seq.spawn(1)[0])
 
 
 def snr_for_magnitude(mag: np.ndarray) -> np.ndarray:

@@ -30,10 +30,10 @@ from pathlib import Path
 import numpy as np
 from astropy.io import fits
 
+from fnet.runtime.constants import C_KMS
 from fnet.simulate.lattice import STEP, redshift_table
 from fnet.simulate.restframe import read_lattice_image, rebin_to_lattice, running_median, valid_range
 
-C_KMS = 299792.458
 STAR_FILE = "star/spEigenStar-55734.fits"
 CV_FILE = "star/spEigenCVstar-55734.fits"
 MARZ_STARS = ("marz_01_A_Star.fits", "marz_02_K_Star.fits", "marz_03_M3_Star.fits", "marz_04_M5_Star.fits",
