@@ -271,6 +271,45 @@ def test_calibration_errors_are_off_by_default_and_change_nothing_else_when_on()
     assert np.all(spread[np.isfinite(spread)] < 0.5) and np.nanmean(spread) > 0.01  # changed, by factors near 1
 
 
+def test_splice_bumps_and_blue_ends_act_only_where_documented_and_leave_the_other_terms_as_they_were():
+    from fnet.simulate.observe import calibration_errors
+
+    loglam = np.arange(35520, 40140) * 1e-4
+    lam = 10**loglam
+    base = calibration_errors(3000, loglam, np.random.default_rng(3), rms=0.1, arm_step_rms=0.05)
+    bump = calibration_errors(3000, loglam, np.random.default_rng(3), rms=0.1, arm_step_rms=0.05,
+                              splice_bump_rms=0.1) / base
+    far = (lam < 4400) | (lam > 7400)  # > 5 widths from every possible centre (5500-6400 Å, w <= 200 Å)
+    assert np.allclose(bump[:, far], 1.0, atol=1e-4)
+    peak = np.log(bump[:, (lam > 5500) & (lam < 6400)]).astype(np.float64)
+    extreme = peak[np.arange(len(peak)), np.abs(peak).argmax(axis=1)]
+    assert np.std(extreme) == pytest.approx(0.1, rel=0.15)  # b ~ N(0, 0.1) at the bump's centre
+    blue = calibration_errors(3000, loglam, np.random.default_rng(3), rms=0.1, arm_step_rms=0.05,
+                              blue_end_rms=0.3) / base
+    assert np.allclose(blue[:, lam > 4500], 1.0, atol=1e-5)  # nothing redward of the latest edge
+    end = blue[:, lam < 3650].astype(np.float64)
+    level = np.median(end, axis=1)
+    assert np.std(np.log(level)) > 0.3  # a steep rise or fall, c ~ N(0, 0.6) at the very end
+    assert np.median(np.std(end / level[:, None], axis=1)) > 0.05  # and pixel noise the ivar does not know
+    assert np.all(blue >= 0)
+
+
+def test_galaxy_red_cover_brings_the_whole_library_to_nearby_galaxies():
+    _templates()
+    shapes = {"LRG": [0.3, 0.25], "ELG": [0.2, 0.35], "intermediate": [0.1, 0.15]}
+    common = dict(seed=1, mix={"GALAXY": 1}, galaxy_z_range=(0.001, 1.2), galaxy_z_shapes=shapes,
+                  quasar=dict(CLEAN))
+    whole = SpectrumMixSimulator(**common).sample(400)
+    cut = SpectrumMixSimulator(**common, galaxy_red_cover=9200.0).sample(400)
+    near_whole, near_cut = whole.z < 0.03, cut.z < 0.03
+    assert set(whole.params["source"][near_whole]) == {"rrArchetype"}  # the only sources reaching 10,400 Å
+    assert len(set(cut.params["source"][near_cut]) - {"rrArchetype"}) >= 2
+    lam = 10**cut.loglam
+    for i in np.nonzero(near_cut & (cut.params["source"] != "rrArchetype"))[0]:
+        assert cut.good[i, (lam > 5000) & (lam < 9200)].mean() > 0.9  # observed where the source has data
+        assert not cut.good[i, lam > 10050 * (1 + cut.z[i])].any()  # masked beyond its data (≤ 10,000 Å rest)
+
+
 def test_narrow_line_agn_lines_have_the_documented_ratios():
     from fnet.simulate.galaxies import NLAGN_LINES, narrow_line_agn
 

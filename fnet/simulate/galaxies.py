@@ -17,7 +17,10 @@ it goes negative; a direct draw scales the template's emission lines (flux above
 exp(N(0, 0.3)). A source's weight for a subtype is scaled by min(1, its seeds of that subtype / 20). Every draw
 gets a continuum tilt (λ/5500 Å)^β, β ~ N(0, tilt_sigma), for internal dust and aperture differences. A source
 is used at z only if it covers the whole observed grid there (never extrapolated): rrPCA for z >= 0.04, BOSS
-for z >= 0.057 (55740 also z <= 0.95), MARZ direct for 0.14-0.48, rrArchetype at every z.
+for z >= 0.057 (55740 also z <= 0.95), MARZ direct for 0.14-0.48, rrArchetype at every z. With `red_cover`
+(SpectrumMixSimulator option galaxy_red_cover, e.g. 9200 Å) a source need only reach that observed wavelength,
+and the pixels redward of its data are masked: so nearby galaxies (z < 0.04, where only the two archetypes reach
+10,400 Å) get the whole library's variety, as real SDSS-I/II spectra that end near 9200 Å do.
 
 Subtypes, measured on each seed's own rest spectrum (restframe.equivalent_width / d4000):
   "ELG"  EW([O II] 3728) >= 10 Å or EW(Hα) >= 20 Å (emission-line galaxy)
@@ -267,8 +270,14 @@ class GalaxyModel:
 
     def __init__(self, data_dir: Path, subtype_weights: dict[str, float] | None = None,
                  source_weights: dict[str, float] | None = None, z_range: tuple[float, float] = (0.005, 1.2),
-                 tilt_sigma: float = 0.2, z_shapes: dict[str, tuple[float, float]] | None = None):
+                 tilt_sigma: float = 0.2, z_shapes: dict[str, tuple[float, float]] | None = None,
+                 red_cover: float | None = None):
         self.lib = galaxy_library(data_dir)
+        # observed Å up to which a source must cover the grid (None: all of it); redward of what it covers the
+        # spectrum is left uncovered, i.e. masked like an early red end (SDSS-I/II and LAMOST stop near 9200 Å)
+        if red_cover is not None and red_cover <= 0:
+            raise ValueError(f"galaxy red_cover must be an observed wavelength in Å (> 0), got {red_cover}")
+        self.red_cover = red_cover
         # (mean, sigma) of the Gaussian part of each subtype's z draw; GALAXY_Z_SHAPES unless given
         self.z_shapes = {**GALAXY_Z_SHAPES, **{k: tuple(map(float, v)) for k, v in (z_shapes or {}).items()}}
         if set(self.z_shapes) - set(SUBTYPES) or any(len(v) != 2 or v[1] <= 0 for v in self.z_shapes.values()):
@@ -282,6 +291,8 @@ class GalaxyModel:
 
     def _eligible(self, z: np.ndarray, subtype: str, lam_min: float, lam_max: float) -> np.ndarray:
         """(n, n_sources) weights of the sources that cover the grid at z and hold seeds of the subtype."""
+        if self.red_cover is not None:
+            lam_max = min(lam_max, self.red_cover)
         cols = []
         for name, src in self.lib.sources.items():
             # a source with few seeds of the subtype is down-weighted: never dozens of draws around one seed

@@ -64,7 +64,7 @@ def scale_to_magnitude(model: np.ndarray, loglam: np.ndarray, z: np.ndarray, mag
 
 
 def calibration_errors(n: int, loglam: np.ndarray, rng: np.random.Generator, rms: float,
-                       arm_step_rms: float) -> np.ndarray:
+                       arm_step_rms: float, splice_bump_rms: float = 0.0, blue_end_rms: float = 0.0) -> np.ndarray:
     """Multiplicative spectrophotometric calibration errors, (n, m) float32 factors around 1.
 
     Real fibre spectra carry smooth flux-calibration errors of ~10 % over the optical range (BOSS
@@ -74,6 +74,17 @@ def calibration_errors(n: int, loglam: np.ndarray, rng: np.random.Generator, rms
     of x = log λ mapped onto [-1, 1] (Legendre P_k), a_k ~ N(0, rms / k), times a smoothed step (1 + s)
     redward of a junction drawn in 5700-6300 Å, s ~ N(0, arm_step_rms). Amplitudes are a modelling choice
     from those references, not fitted to any spectrum.
+
+    Two optional failures of the same calibration (0 disables each; drawn after the terms above, so turning
+    them on leaves those draws as they were):
+    - splice_bump_rms: a smooth bump or dip where the arms are spliced, 1 + b exp(-(λ - λc)² / 2w²) with
+      b ~ N(0, splice_bump_rms), λc within -200..+100 Å of the junction, w 50-200 Å: the two arms' throughput
+      curves fall steeply there and their ratio is poorly known, so a co-added spectrum can carry a broad
+      feature of a few hundred Å that is not in the source.
+    - blue_end_rms: a calibration that fails below a wavelength λb of 3900-4500 Å (throughput and the standard
+      stars' flux are lowest there): exp(c t²) (1 + e t ε) with t rising from 0 at λb to 1 at 3600 Å,
+      c ~ N(0, 2 blue_end_rms) a steep rise or fall, e = |N(0, blue_end_rms)| pixel-to-pixel noise ε ~ N(0, 1)
+      that the inverse variance does not know of.
     """
     m = len(loglam)
     x = np.linspace(-1.0, 1.0, m)
@@ -85,16 +96,31 @@ def calibration_errors(n: int, loglam: np.ndarray, rng: np.random.Generator, rms
     width = np.log10(1.0 + 40.0 / 6000.0)  # ~40 Å: the dichroic's transition
     ramp = 1.0 / (1.0 + np.exp(-(loglam[None, :] - junction[:, None]) / width))
     log_factor += np.log1p(np.clip(step, -0.5, None))[:, None] * ramp
-    return np.exp(log_factor).astype(np.float32)
+    factor = np.exp(log_factor)
+    lam = 10.0 ** loglam[None, :]
+    if splice_bump_rms > 0:
+        centre = 10.0 ** junction + rng.uniform(-200.0, 100.0, n)
+        sigma = rng.uniform(50.0, 200.0, n)
+        bump = np.clip(splice_bump_rms * rng.standard_normal(n), -0.5, None)
+        factor *= 1.0 + bump[:, None] * np.exp(-0.5 * ((lam - centre[:, None]) / sigma[:, None]) ** 2)
+    if blue_end_rms > 0:
+        edge = np.log10(rng.uniform(3900.0, 4500.0, n))
+        t = np.clip((edge[:, None] - loglam[None, :]) / (edge[:, None] - np.log10(3600.0)), 0.0, 1.0)
+        tilt = 2.0 * blue_end_rms * rng.standard_normal(n)
+        jitter = np.abs(blue_end_rms * rng.standard_normal(n))
+        eps = rng.standard_normal((n, m))
+        factor *= np.exp(tilt[:, None] * t**2) * np.clip(1.0 + jitter[:, None] * t * eps, 0.0, None)
+    return factor.astype(np.float32)
 
 
 def apply_calibration_errors(model: np.ndarray, loglam: np.ndarray, rng: np.random.Generator, cfg) -> None:
     """Multiply models (in place) by calibration errors when cfg asks for them (SimulatorConfig.calibration_rms,
-    arm_step_rms). Drawn from a child of rng's seed, so rng's own draws (and every other output) stay as they
-    were without them."""
-    if cfg.calibration_rms <= 0 and cfg.arm_step_rms <= 0:
+    arm_step_rms, splice_bump_rms, blue_end_rms). Drawn from a child of rng's seed, so rng's own draws (and every
+    other output) stay as they were without them."""
+    if max(cfg.calibration_rms, cfg.arm_step_rms, cfg.splice_bump_rms, cfg.blue_end_rms) <= 0:
         return
-    model *= calibration_errors(len(model), loglam, child_rng(rng), cfg.calibration_rms, cfg.arm_step_rms)
+    model *= calibration_errors(len(model), loglam, child_rng(rng), cfg.calibration_rms, cfg.arm_step_rms,
+                                cfg.splice_bump_rms, cfg.blue_end_rms)
 
 
 def child_rng(rng: np.random.Generator) -> np.random.Generator:

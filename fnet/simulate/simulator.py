@@ -53,6 +53,8 @@ class SimulatorConfig:
     sky_residual: float = 1.0  # scale of sky-subtraction residuals (0 disables)
     calibration_rms: float = 0.0  # smooth flux-calibration errors (observe.calibration_errors; 0 disables)
     arm_step_rms: float = 0.0  # blue/red arm scale mismatch at the dichroic (0 disables)
+    splice_bump_rms: float = 0.0  # broad bump/dip where the arms are spliced (0 disables)
+    blue_end_rms: float = 0.0  # flux calibration failing below ~3900-4500 Å: rise/fall and unflagged noise (0 disables)
     p_blue_cut: float = 0.25  # probability of a late blue start (3560-3800 Å)
     p_red_cut: float = 0.30  # probability of an early red end (9000-10400 Å)
     p_gap: float = 0.05  # probability of a 10-300 pixel gap
