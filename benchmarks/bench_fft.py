@@ -33,6 +33,7 @@ from fnet.runtime.heads import decode  # noqa: E402
 from fnet.runtime.model_package import load_model_package  # noqa: E402
 from fnet.runtime.preprocess import prepare_spectra  # noqa: E402
 from fnet.runtime.readers import read_spectra  # noqa: E402
+from fnet.metrics import velocity_offsets  # noqa: E402
 
 
 def rate(run, x: np.ndarray, repeats: int) -> tuple[float, dict]:
@@ -82,18 +83,22 @@ def main() -> int:
             r_ort, o_ort = rate(ort.run, x, args.repeats)
             r_fft, o_fft = rate(fft.run, x, args.repeats)
             a, b = decode(o_fft, package.head).z, decode(o_ort, package.head).z
-            dv = float(np.max(299792.458 * np.abs(a - b) / (1 + b)))
+            dv = float(np.max(np.abs(velocity_offsets(a, b))))
             print(f"{name:<30} {r_ort:>14.1f} {r_fft:>8.1f} {r_fft / r_ort:>6.1f} {dv:>14.3f}  {fft.describe()}")
         paper = load_model_package(models[1][1])
         x = prepare_spectra(spectra[: args.batch], paper.grid, paper.normalisation).x
         exact = _exact_paper(x)
-        z = 7.0 * exact
         for backend in (open_backend(paper, "cpu"), FftBackend(paper)):
-            dv = 299792.458 * 7.0 * np.abs(backend.run(x)["z_scaled"][:, 0] - exact) / (1 + z)
+            dv = _dv_from_exact(backend.run(x), exact)
             print(f"paper, {backend.describe():<28} max |dv| from the exact (float64) network: {dv.max():.3f} km/s")
         if args.profile:
             profile(FftBackend(paper), x)
     return 0
+
+
+def _dv_from_exact(outputs: dict, exact: np.ndarray) -> np.ndarray:
+    """|dv| in km/s of the paper network's regression output (z / 7) from the float64 network's."""
+    return np.abs(velocity_offsets(7.0 * outputs["z_scaled"][:, 0], 7.0 * exact))
 
 
 def engines(paper, spectra, batch: int, repeats: int) -> int:
@@ -108,7 +113,7 @@ def engines(paper, spectra, batch: int, repeats: int) -> int:
     exact = _exact_paper(x)  # after the timing: torch's idle threads would compete with the FFT backend's
     print(f"paper network (random weights), batch {batch}, best of {repeats}, one run")
     for name, speed, out in rows:
-        dv = 299792.458 * 7.0 * np.abs(out["z_scaled"][:, 0] - exact) / (1 + 7.0 * exact)
+        dv = _dv_from_exact(out, exact)
         print(f"  {name:<34} {speed:7.1f} spectra/s   max |dv| from float64 {dv.max():.3f} km/s")
     return 0
 
@@ -267,7 +272,7 @@ def precision(paper, spectra) -> int:
     exact = _exact_paper(x)
 
     def report(name: str, backend) -> None:
-        dv = 299792.458 * 7.0 * np.abs(backend.run(x)["z_scaled"][:, 0] - exact) / (1 + 7.0 * exact)
+        dv = _dv_from_exact(backend.run(x), exact)
         print(f"  {name:<48} max {dv.max():6.3f}  p90 {np.percentile(dv, 90):6.3f} km/s")
 
     def in_float64(single: str | None):

@@ -59,7 +59,7 @@ def _truth_scatter_note(r: dict, z_true: np.ndarray) -> str:
     keep = [i for i, name in enumerate(r["files"]) if name in pipeline]
     dv = velocity_offsets(np.array([pipeline[r["files"][i]] for i in keep]), z_true[keep])
     sigma = 1.4826 * np.median(np.abs(dv - np.median(dv)))
-    err = 299792.458 * r["z_err"] / (1 + z_true)
+    err = velocity_offsets(z_true + r["z_err"], z_true)  # Z_ERR in km/s
     exact = {s: np.mean([erf(e / sqrt(2 * (e * e + s * s))) for e in err]) for s in (100.0, 150.0, 200.0)}
     return (f"pipeline Z vs DR16Q Z on {len(keep)} of them: robust sigma {sigma:.0f} km/s; an exact Z_ERR (median "
             f"{np.median(err):.0f} km/s) against a truth scattering by 100 / 150 / 200 km/s shows "

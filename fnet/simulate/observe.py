@@ -97,8 +97,8 @@ def calibration_errors(n: int, loglam: np.ndarray, rng: np.random.Generator, rms
     ramp = 1.0 / (1.0 + np.exp(-(loglam[None, :] - junction[:, None]) / width))
     log_factor += np.log1p(np.clip(step, -0.5, None))[:, None] * ramp
     factor = np.exp(log_factor)
-    lam = 10.0 ** loglam[None, :]
     if splice_bump_rms > 0:
+        lam = 10.0 ** loglam[None, :]
         centre = 10.0 ** junction + rng.uniform(-200.0, 100.0, n)
         sigma = rng.uniform(50.0, 200.0, n)
         bump = np.clip(splice_bump_rms * rng.standard_normal(n), -0.5, None)
