@@ -84,19 +84,33 @@ def parity_inputs(grid: Grid, normalisation: dict, spectra: Sequence[str] = (), 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, precisions: Sequence[str] = ("fp32",),
                       tensorrt: bool = False, parity_spectra: Sequence[str] = (), n_simulated: int = 256,
                       model_version: str = "0.1.0", name: str | None = None, force: bool = False,
-                      max_batch: int = 256, fft: bool = True, calibrate_z_err: int = 0) -> list[ExportResult]:
+                      max_batch: int = 256, fft: bool = True, calibrate_z_err: int = 0,
+                      class_z_range: int = 0) -> list[ExportResult]:
     """Export every requested artefact of a checkpoint; each is written only if its parity check passes.
 
     fft: also check the FP32 package through the FFT backend (fnet-run --backend fft) against PyTorch.
     calibrate_z_err: fit the head's Z_ERR factor on this many freshly simulated spectra (fnet.train.calibrate).
+    class_z_range: measure each class's training redshift range on this many simulated spectra and store it in
+    the head (fnet.runtime.heads: the decoder then drops a class at a redshift training never had it).
     """
     model, meta = load_model(checkpoint)
     info = package_info(meta, model_version, name)
-    if calibrate_z_err:
-        data = (meta.get("config") or {}).get("data") or {}
-        if data.get("source") != "simulate":
-            raise ValueError(f"{checkpoint}: --calibrate-z-err needs a run trained on simulated spectra "
+    data = (meta.get("config") or {}).get("data") or {}
+    for option, n in (("--calibrate-z-err", calibrate_z_err), ("--class-z-range", class_z_range)):
+        if n and data.get("source") != "simulate":
+            raise ValueError(f"{checkpoint}: {option} needs a run trained on simulated spectra "
                              f"(data.source is {data.get('source')!r})")
+    if class_z_range:
+        if not info.head.get("classes"):
+            raise ValueError(f"{checkpoint}: --class-z-range needs a model with a class head")
+        from ..train.calibrate import fit_class_z_range
+
+        fit = fit_class_z_range(info.head["classes"], data["simulator_class"], data.get("simulator") or {},
+                                info.grid, info.normalisation, class_z_range,
+                                tuple(data.get("z_range", (0.0, 7.0))), data.get("z_sampling", "simulator"))
+        info.head["class_z_range"] = fit["ranges"]
+        info.training["class_z_range"] = fit
+    if calibrate_z_err:
         from ..train.calibrate import fit_z_err_scale
 
         fit = fit_z_err_scale(model, info.head, info.grid, info.normalisation, data["simulator_class"],

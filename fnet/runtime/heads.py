@@ -17,6 +17,15 @@ Class head (optional, contract version 2): ``"classes": ["QSO", "STAR", "GALAXY"
 rows where a logit is not finite). A head without ``classes`` decodes exactly as before
 (``p_class`` None), which is how packages of contract version 1 still run.
 
+Class redshift ranges (optional): ``"class_z_range": {"QSO": [0.031, 6.99], "STAR": [-0.0018, 0.0018], ...}``,
+the redshifts at which the training set held each class (``fnet-export --class-z-range N`` measures them on the
+run's own simulator). The two heads are trained side by side and can disagree: a class head saying QSO while
+the redshift head puts the object at z = 0.000, where training had stars and galaxies only. Such a class is
+not one the network ever saw there, so decode() sets to 0 the probability of every class whose range (widened by
+CLASS_Z_MARGIN_KMS each side) does not hold the row's Z and renormalises the others; ``Decoded.class_moved``
+marks the rows whose most probable class changed (ZWARN CLASS_UNCERTAIN). A row no class's range holds keeps
+the class head's probabilities as they are.
+
 zbins decoding (the same code evaluates during training, so training and runtime cannot drift):
 
 - P(z): softmax over bins, the probability mass of each bin (rows sum to 1);
@@ -40,9 +49,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .constants import C_KMS
+
 KINDS = ("regression", "zbins")
 CLASS_OUTPUT = "class_logits"  # default name of the class head's graph output
 ONE_SIGMA_MASS = 0.6826894921370859  # erf(1 / sqrt(2))
+# Each class_z_range is widened by this velocity each side before it is applied: a zbins posterior's peak is
+# good to about a bin (609 km/s for 1024 bins over 0..7), and a star at the edge of the range it was trained on
+# (|v| <= 550 km/s) must not lose its class to one bin of decoding error.
+CLASS_Z_MARGIN_KMS = 1500.0
 _CHUNK = 4096  # rows decoded at once: bounds the (rows, K) work arrays
 
 
@@ -58,6 +73,7 @@ class Decoded:
     pdf: np.ndarray | None = None
     p_class: np.ndarray | None = None
     classes: tuple[str, ...] = ()
+    class_moved: np.ndarray | None = None  # (n,) bool: class_z_range changed the most probable class
 
     def spectype(self) -> np.ndarray:
         """The most probable class name per row ("" where there is no class head or the row is NaN)."""
@@ -108,7 +124,54 @@ def validate_head(head: dict) -> dict:
         h.setdefault("class_output", CLASS_OUTPUT)
         if not isinstance(h["class_output"], str) or h["class_output"] == h["output"]:
             raise ValueError(f"head class_output must name a second graph output, got {h['class_output']!r}")
+    if "class_z_range" in h:
+        h["class_z_range"] = _valid_class_z_range(h["class_z_range"], h.get("classes") or [])
     return h
+
+
+def _valid_class_z_range(ranges, classes: list[str]) -> dict[str, list[float]]:
+    """{class: [lo, hi]} with lo <= hi finite, for classes of the head; raises ValueError otherwise."""
+    if not classes:
+        raise ValueError("head class_z_range needs a class head (classes)")
+    if not isinstance(ranges, dict) or not ranges or not set(ranges) <= set(classes):
+        raise ValueError(f"head class_z_range must map some of the classes {classes} to [lo, hi], got {ranges!r}")
+    out = {}
+    for name, pair in ranges.items():
+        ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in pair)
+        if not ok or pair[0] > pair[1]:
+            raise ValueError(f"head class_z_range[{name!r}] must be [lo, hi] with lo <= hi, got {pair!r}")
+        out[name] = [float(pair[0]), float(pair[1])]
+    return out
+
+
+def restrict_to_class_z_range(p_class: np.ndarray, z: np.ndarray, classes: tuple[str, ...] | list[str],
+                              ranges: dict[str, list[float]]) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities with classes outside their training redshift range at z set to 0 (renormalised).
+
+    Returns (p, moved): moved marks rows whose most probable class changed. A class without a range is allowed
+    everywhere; a row whose z no class allows, or whose z or probabilities are not finite, is left as it is.
+    """
+    p = np.array(p_class, dtype=np.float64, copy=True)
+    z = np.asarray(z, dtype=np.float64)
+    margin = CLASS_Z_MARGIN_KMS / C_KMS  # in u = ln(1 + z), where a velocity is a fixed width
+    allowed = np.ones(p.shape, dtype=bool)
+    with np.errstate(invalid="ignore"):
+        u = np.log1p(z)
+        for j, name in enumerate(classes):
+            if name in ranges:
+                lo, hi = ranges[name]
+                lo_u = np.log1p(lo) - margin if lo > -1.0 else -np.inf
+                allowed[:, j] = (u >= lo_u) & (u <= np.log1p(hi) + margin)
+    usable = np.isfinite(p).all(axis=1) & np.isfinite(z) & allowed.any(axis=1)
+    kept = np.where(allowed, p, 0.0)
+    total = kept.sum(axis=1)
+    change = usable & (total > 0)
+    p[change] = kept[change] / total[change, None]
+    moved = np.zeros(len(p), dtype=bool)
+    if change.any():
+        moved[change] = p[change].argmax(axis=1) != np.asarray(p_class, dtype=np.float64)[change].argmax(axis=1)
+    return p, moved
 
 
 def has_classes(head: dict) -> bool:
@@ -216,6 +279,9 @@ def decode(outputs: dict[str, np.ndarray] | np.ndarray, head: dict) -> Decoded:
     if has_classes(head):
         decoded.p_class = decode_classes(outputs, head)
         decoded.classes = tuple(head["classes"])
+        if "class_z_range" in head:
+            decoded.p_class, decoded.class_moved = restrict_to_class_z_range(
+                decoded.p_class, decoded.z, decoded.classes, head["class_z_range"])
     return decoded
 
 

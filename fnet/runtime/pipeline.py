@@ -260,7 +260,8 @@ class Predictor:
         known = np.array([staged[i].ivar_known for i in idx])
         zwarn = compute_zwarn(coverage=coverage, sn_median=sn, ivar_known=known,
                               z=decoded.z, z_err=decoded.z_err, z_range=pkg.z_range, quality=pkg.quality,
-                              pdf=decoded.pdf, centres=self.centres, p_class=decoded.p_class)
+                              pdf=decoded.pdf, centres=self.centres, p_class=decoded.p_class,
+                              class_moved=decoded.class_moved)
         classes = _class_values(decoded)
         for k, i in enumerate(idx):
             spec = staged[i]
