@@ -340,3 +340,27 @@ def test_a_share_of_galaxies_gets_narrow_line_agn_emission_only_when_asked():
     assert 0.2 < flagged.mean() < 0.4 and np.array_equal(plain.z, agn.z)
     assert np.array_equal(plain.model[~flagged], agn.model[~flagged])
     assert np.all((agn.model[flagged] - plain.model[flagged]).max(axis=1) > 0)
+
+
+def test_a_log_uniform_galaxy_z_floor_fills_the_nearby_galaxies():
+    from fnet.simulate.galaxies import GalaxyModel
+
+    _templates()
+    root = require_shared()
+    uniform = GalaxyModel(root, z_range=(0.001, 1.2), red_cover=9200.0)
+    log = GalaxyModel(root, z_range=(0.001, 1.2), red_cover=9200.0, z_floor="log")
+    subtype = np.array(["LRG", "ELG", "intermediate"] * 1000)
+    lam = (3566.0, 10323.0)
+    zu = uniform.draw_z(subtype, np.random.default_rng(6), *lam)
+    zl = log.draw_z(subtype, np.random.default_rng(6), *lam)
+    assert np.all((zl >= 0.001) & (zl <= 1.2))
+    same = zu == zl  # the Gaussian part is drawn from the same stream in both
+    assert 0.7 < same.mean() < 0.85
+    floor = zl[~same]
+    assert np.mean(zu < 0.006) < 0.01
+    # uniform in ln z over 0.001-1.2: ln(6)/ln(1200) = 25 % of the floor below z 0.006 (the Gaussian rows add a few)
+    assert 0.18 < np.mean(floor < 0.006) < 0.32
+    with pytest.raises(ValueError, match="z_floor must be one of"):
+        GalaxyModel(root, z_floor="cubic")
+    with pytest.raises(ValueError, match="starting above 0"):
+        GalaxyModel(root, z_range=(0.0, 1.2), z_floor="log")

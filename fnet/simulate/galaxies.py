@@ -29,7 +29,10 @@ Subtypes, measured on each seed's own rest spectrum (restframe.equivalent_width 
 Redshift per subtype (GALAXY_Z_SHAPES), truncated to z_range (default 0.005-1.2): 80% Gaussian + 20% uniform floor
 so every z is populated. Gaussians: LRG N(0.5, 0.2) (the BOSS CMASS/eBOSS LRG peak), ELG N(0.8, 0.25) (eBOSS ELG
 peak ~0.85), intermediate N(0.3, 0.2) (SDSS main-sample-like, low z). A modelling choice, not a fit; `z_shapes`
-(SpectrumMixSimulator option galaxy_z_shapes) replaces any of them.
+(SpectrumMixSimulator option galaxy_z_shapes) replaces any of them. The floor is uniform in z by default; with
+`z_floor="log"` (option galaxy_z_floor) it is uniform in ln z, a prior with no preferred scale, which puts a
+quarter of the floor below z 0.006 for z_range 0.001-1.2 (cz < 1800 km/s, where passive galaxies look like K stars)
+instead of 0.4 %.
 """
 
 from __future__ import annotations
@@ -58,6 +61,7 @@ BOSS_RESOLUTION_SOURCES = ("BOSS-55740", "BOSS-56436", "MARZ")  # already at SDS
 COEFF_JITTER = 0.05
 MIN_SEEDS = 20  # a source holding fewer seeds of a subtype gets weight n_seeds / MIN_SEEDS for it
 LINE_SCALE_SIGMA = 0.3
+Z_FLOORS = ("uniform", "log")  # the 20 % floor of a galaxy's redshift draw: uniform in z, or in ln z
 
 
 # Narrow-line AGN (Seyfert 2 / LINER) emission added to a share of galaxies (GalaxyModel.draw nlagn_fraction):
@@ -271,8 +275,13 @@ class GalaxyModel:
     def __init__(self, data_dir: Path, subtype_weights: dict[str, float] | None = None,
                  source_weights: dict[str, float] | None = None, z_range: tuple[float, float] = (0.005, 1.2),
                  tilt_sigma: float = 0.2, z_shapes: dict[str, tuple[float, float]] | None = None,
-                 red_cover: float | None = None):
+                 red_cover: float | None = None, z_floor: str = "uniform"):
         self.lib = galaxy_library(data_dir)
+        if z_floor not in Z_FLOORS:
+            raise ValueError(f"galaxy z_floor must be one of {Z_FLOORS}, got {z_floor!r}")
+        if z_floor == "log" and not z_range[0] > 0:
+            raise ValueError(f"galaxy z_floor 'log' needs a z_range starting above 0, got {tuple(z_range)}")
+        self.z_floor = z_floor
         # observed Å up to which a source must cover the grid (None: all of it); redward of what it covers the
         # spectrum is left uncovered, i.e. masked like an early red end (SDSS-I/II and LAMOST stop near 9200 Å)
         if red_cover is not None and red_cover <= 0:
@@ -316,8 +325,13 @@ class GalaxyModel:
             rows = np.nonzero(todo)[0]
             mu = np.array([self.z_shapes[s][0] for s in subtype[rows]])
             sd = np.array([self.z_shapes[s][1] for s in subtype[rows]])
-            draw = np.where(rng.random(len(rows)) < 0.8, mu + sd * rng.standard_normal(len(rows)),
-                            rng.uniform(lo, hi, len(rows)))
+            gaussian = rng.random(len(rows)) < 0.8
+            shaped = mu + sd * rng.standard_normal(len(rows))
+            if self.z_floor == "log" and lo > 0:  # same number of draws as the uniform floor: other streams unchanged
+                floor = np.exp(rng.uniform(np.log(lo), np.log(hi), len(rows)))
+            else:
+                floor = rng.uniform(lo, hi, len(rows))
+            draw = np.where(gaussian, shaped, floor)
             ok = (draw >= lo) & (draw <= hi)
             col = np.array([SUBTYPES.index(s) for s in subtype[rows]])
             ok &= self.subtype_ok(np.where(ok, draw, lo), lam_min, lam_max)[np.arange(len(rows)), col]

@@ -76,6 +76,7 @@ class MixConfig:
     galaxy_z_shapes: dict | None = None  # {"LRG": (mean, sigma), ...}: galaxies.GALAXY_Z_SHAPES by default
     galaxy_nlagn_fraction: float = 0.0  # share of GALAXY rows with narrow-line AGN emission (galaxies.narrow_line_agn)
     galaxy_red_cover: float | None = None  # observed Å a galaxy source must reach (None: the whole grid); see galaxies
+    galaxy_z_floor: str = "uniform"  # the 20 % floor of galaxy redshifts: "uniform" in z or "log" (uniform in ln z)
     agn_z_range: tuple[float, float] = (0.03, 0.8)
     agn_host_subtypes: dict | None = None  # {"LRG": 0.5, "intermediate": 0.3, "ELG": 0.2}
     agn_host_scatter_dex: float = 0.2
@@ -122,7 +123,8 @@ class SpectrumMixSimulator:
                                    cfg.star_blend_max)
         if need & {"GALAXY", "AGN"}:
             self.galaxies = GalaxyModel(root, cfg.galaxy_subtypes, cfg.galaxy_sources, cfg.galaxy_z_range,
-                                        cfg.galaxy_tilt_sigma, cfg.galaxy_z_shapes, cfg.galaxy_red_cover)
+                                        cfg.galaxy_tilt_sigma, cfg.galaxy_z_shapes, cfg.galaxy_red_cover,
+                                        cfg.galaxy_z_floor)
         if "AGN" in need:
             self.agn = HostedAGNModel(self.qso, self.galaxies, cfg.agn_z_range, cfg.agn_host_subtypes,
                                       cfg.agn_host_scatter_dex)
