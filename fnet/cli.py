@@ -383,11 +383,11 @@ def train_command(config, overrides):
               help="also check the FP32 package through the FFT backend (fnet-run --backend fft)")
 @click.option("--calibrate-z-err", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="fit the Z_ERR factor on N freshly simulated spectra (0: none)")
-@click.option("--class-z-range", type=click.IntRange(0), default=0, show_default=True, metavar="N",
+@click.option("--fit-class-z-range", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="class head: measure each class's training redshift range on N simulated spectra; the "
                    "decoder then drops a class at a Z training never had it (0: none)")
 def export_command(checkpoint, out_dir, name, model_version, precisions, tensorrt, max_batch, parity_spectra,
-                   n_simulated, force, fft, calibrate_z_err, class_z_range):
+                   n_simulated, force, fft, calibrate_z_err, fit_class_z_range):
     """Export a training CHECKPOINT to ONNX model packages (and TensorRT engines), each parity-checked.
 
     An artefact whose redshifts differ from PyTorch's beyond tolerance is not written (exit code 1); one
@@ -405,7 +405,7 @@ def export_command(checkpoint, out_dir, name, model_version, precisions, tensorr
         results = export_checkpoint(checkpoint, out_dir, precisions=precisions, tensorrt=tensorrt,
                                     parity_spectra=parity_spectra, n_simulated=n_simulated, model_version=model_version,
                                     name=name, force=force, max_batch=max_batch, fft=fft,
-                                    calibrate_z_err=calibrate_z_err, class_z_range=class_z_range)
+                                    calibrate_z_err=calibrate_z_err, class_z_range_spectra=fit_class_z_range)
     except ValueError as exc:
         _fail_usage(str(exc))
     text, outcome = export_summary(results)

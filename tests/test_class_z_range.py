@@ -38,21 +38,22 @@ def test_a_class_outside_its_range_is_dropped_and_the_rest_renormalised():
                   [0.2, 0.3, 0.5],    # z 9: no class was trained there: left as it is
                   [np.nan, np.nan, np.nan]])
     z = np.array([0.0005, 2.0, edge(0.03, -1, 0.9), edge(0.03, -1, 1.1), 9.0, 1.0])
-    out, moved = restrict_to_class_z_range(p, z, CLASSES, RANGES)
+    out, outside = restrict_to_class_z_range(p, z, CLASSES, RANGES)
     np.testing.assert_allclose(out[0], [0.0, 0.75, 0.25])
     np.testing.assert_allclose(out[1], [1.0, 0.0, 0.0])
     np.testing.assert_allclose(out[2], [0.5 / 0.8, 0.0, 0.3 / 0.8])  # STAR is far outside its range here
     np.testing.assert_allclose(out[3], [0.0, 0.0, 1.0])
     np.testing.assert_array_equal(out[4], p[4])
     assert np.isnan(out[5]).all()
-    assert moved.tolist() == [True, False, False, True, False, False]
+    # the head's own first choice outside its range: rows 0 and 3, and row 4 (z 9: GALAXY is never trained there)
+    assert outside.tolist() == [True, False, False, True, True, False]
 
 
 def test_a_class_without_a_range_is_allowed_everywhere():
-    out, moved = restrict_to_class_z_range(np.array([[0.7, 0.2, 0.1]]), np.array([0.0]), CLASSES,
-                                           {"GALAXY": [0.5, 1.0]})
+    out, outside = restrict_to_class_z_range(np.array([[0.7, 0.2, 0.1]]), np.array([0.0]), CLASSES,
+                                             {"GALAXY": [0.5, 1.0]})
     np.testing.assert_allclose(out, [[0.7 / 0.9, 0.2 / 0.9, 0.0]])
-    assert not moved.any()
+    assert not outside.any()
 
 
 def test_decode_applies_the_range_only_when_the_head_has_one():
@@ -61,12 +62,14 @@ def test_decode_applies_the_range_only_when_the_head_has_one():
     class_logits = np.log(np.array([[0.7, 0.2, 0.1], [0.1, 0.2, 0.7]]))
     outputs = {"logits": logits, "class_logits": class_logits}
     plain = decode(outputs, HEAD)
-    assert plain.class_moved is None and list(plain.spectype()) == ["QSO", "GALAXY"]
+    assert plain.class_out_of_range is None and plain.p_class_head is None
+    assert list(plain.spectype()) == ["QSO", "GALAXY"]
     ranged = decode(outputs, {**HEAD, "class_z_range": {"QSO": [0.05, 7.0], "STAR": [-0.002, 0.002],
                                                         "GALAXY": [0.001, 1.2]}})
     np.testing.assert_array_equal(ranged.z, plain.z)
-    assert list(ranged.spectype()) == ["GALAXY", "GALAXY"] and ranged.class_moved.tolist() == [True, False]
+    assert list(ranged.spectype()) == ["GALAXY", "GALAXY"] and ranged.class_out_of_range.tolist() == [True, False]
     np.testing.assert_allclose(ranged.p_class[0], [0.0, 0.0, 1.0])
+    np.testing.assert_allclose(ranged.p_class_head, plain.p_class)  # the head's own answer is kept
 
 
 @pytest.mark.parametrize("ranges, why", [
@@ -76,10 +79,16 @@ def test_decode_applies_the_range_only_when_the_head_has_one():
     ({"QSO": [0.0, float("nan")]}, "lo <= hi"),
     ({"QSO": [0.0]}, "lo <= hi"),
     ({"QSO": [True, 2.0]}, "lo <= hi"),
+    ({"QSO": [-1.0, 2.0]}, "-1 < lo"),
 ])
 def test_malformed_class_ranges_are_refused(ranges, why):
     with pytest.raises(ValueError, match=why):
         validate_head({**HEAD, "class_z_range": ranges})
+
+
+def test_numpy_numbers_are_accepted_as_range_ends():
+    head = validate_head({**HEAD, "class_z_range": {"QSO": [np.float32(0.03), np.float64(7.0)]}})
+    assert head["class_z_range"] == {"QSO": [pytest.approx(0.03), 7.0]}
 
 
 def test_a_range_needs_a_class_head():
@@ -88,16 +97,20 @@ def test_a_range_needs_a_class_head():
         validate_head({**head, "class_z_range": {"QSO": [0.0, 1.0]}})
 
 
-def test_a_moved_class_is_flagged_even_when_its_new_probability_is_high():
-    n = 3
+def test_the_flag_reads_the_class_heads_own_answer():
+    n = 4
     kwargs = dict(coverage=np.ones(n), sn_median=np.full(n, 10.0), ivar_known=np.ones(n, bool), z=np.full(n, 1.0),
                   z_err=np.full(n, 0.001), z_range=(0.0, 7.0),
                   quality={"min_coverage": 0.5, "min_sn_median": 1.0, "max_dv_err_kms": 3000,
-                           "max_secondary_mass": 0.3, "min_class_prob": 0.9},
-                  p_class=np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.5, 0.5, 0.0]]))
-    flags = compute_zwarn(**kwargs, class_moved=np.array([True, False, False]))
-    assert ((flags & ZWarn.CLASS_UNCERTAIN) != 0).tolist() == [True, False, True]
-    assert np.array_equal(compute_zwarn(**kwargs) & ~ZWarn.CLASS_UNCERTAIN, flags & ~ZWarn.CLASS_UNCERTAIN)
+                           "max_secondary_mass": 0.3, "min_class_prob": 0.9})
+    # rows: confident but outside its range; confident and inside; unsure (0.6) though the ranges leave one class;
+    # z where no class was trained (outside, and nothing to move it to)
+    p_head = np.array([[0.95, 0.05, 0.0], [0.0, 1.0, 0.0], [0.6, 0.05, 0.35], [0.95, 0.0, 0.05]])
+    outside = np.array([True, False, False, True])
+    flags = compute_zwarn(**kwargs, p_class=p_head, class_out_of_range=outside)
+    assert ((flags & ZWarn.CLASS_UNCERTAIN) != 0).tolist() == [True, False, True, True]
+    none = compute_zwarn(**kwargs)
+    assert np.array_equal(none & ~ZWarn.CLASS_UNCERTAIN, flags & ~ZWarn.CLASS_UNCERTAIN)
 
 
 def test_real_files_through_the_runtime_never_get_a_class_outside_its_range(tmp_path):
@@ -125,6 +138,10 @@ def test_real_files_through_the_runtime_never_get_a_class_outside_its_range(tmp_
     assert np.all(held[some])  # wherever some class was trained at Z, the reported one was
     moved = spectype != np.array([str(s) for s in a["SPECTYPE"]])
     assert moved.sum() >= 5 and np.all(np.asarray(b["ZWARN"])[moved] & ZWarn.CLASS_UNCERTAIN)
+    messages = np.array([str(m) for m in b["MESSAGE"]])
+    assert all("outside the redshifts training held it at" in m for m in messages[moved])
+    # flags are never lost: every row the plain head flagged as unsure is still flagged
+    assert np.all(np.asarray(b["ZWARN"])[np.asarray(a["ZWARN"]) & ZWarn.CLASS_UNCERTAIN != 0] & ZWarn.CLASS_UNCERTAIN)
     p = np.stack([np.asarray(b[f"P_{c}"], dtype=np.float64) for c in CLASSES], axis=1)
     np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-6)
 
@@ -168,12 +185,17 @@ def test_fnet_export_stores_the_measured_ranges_in_the_package(tmp_path, monkeyp
             "head": dict(head), "z_range": [0.0, 7.0], "training": {}, "config": {"data": data}}
     monkeypatch.setattr(pipeline, "load_model", lambda path: (net, dict(meta)))
     [result] = [r for r in pipeline.export_checkpoint(tmp_path / "x.pt", tmp_path / "out", precisions=("fp32",),
-                                                      n_simulated=8, fft=False, class_z_range=200)
+                                                      n_simulated=8, fft=False, class_z_range_spectra=200)
                 if r.kind == "onnx-fp32"]
     package = load_model_package(result.path)
     ranges = package.head["class_z_range"]
     assert set(ranges) == set(CLASSES) and ranges == package.training["class_z_range"]["ranges"]
     assert abs(ranges["STAR"][0]) < 0.003 and ranges["QSO"][1] > 1.0
+    regression = {"kind": "regression", "classes": list(CLASSES), "class_output": "class_logits"}
+    monkeypatch.setattr(pipeline, "load_model", lambda path: (net, {**meta, "head": regression}))
+    with pytest.raises(ValueError, match="zbins redshift head"):
+        pipeline.export_checkpoint(tmp_path / "x.pt", tmp_path / "out3", n_simulated=8, fft=False,
+                                   class_z_range_spectra=200)
     monkeypatch.setattr(pipeline, "load_model", lambda path: (net, {**meta, "config": {"data": {"source": "shards"}}}))
-    with pytest.raises(ValueError, match="--class-z-range needs a run trained on simulated spectra"):
-        pipeline.export_checkpoint(tmp_path / "x.pt", tmp_path / "out2", n_simulated=8, fft=False, class_z_range=200)
+    with pytest.raises(ValueError, match="--fit-class-z-range needs a run trained on simulated spectra"):
+        pipeline.export_checkpoint(tmp_path / "x.pt", tmp_path / "out2", n_simulated=8, fft=False, class_z_range_spectra=200)

@@ -364,3 +364,5 @@ def test_a_log_uniform_galaxy_z_floor_fills_the_nearby_galaxies():
         GalaxyModel(root, z_floor="cubic")
     with pytest.raises(ValueError, match="starting above 0"):
         GalaxyModel(root, z_range=(0.0, 1.2), z_floor="log")
+    with pytest.raises(ValueError, match="galaxy_z_floor must be one of"):
+        SpectrumMixSimulator(mix={"QSO": 1}, galaxy_z_floor="Log")  # refused even where no galaxy is drawn

@@ -85,28 +85,30 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, precisions
                       tensorrt: bool = False, parity_spectra: Sequence[str] = (), n_simulated: int = 256,
                       model_version: str = "0.1.0", name: str | None = None, force: bool = False,
                       max_batch: int = 256, fft: bool = True, calibrate_z_err: int = 0,
-                      class_z_range: int = 0) -> list[ExportResult]:
+                      class_z_range_spectra: int = 0) -> list[ExportResult]:
     """Export every requested artefact of a checkpoint; each is written only if its parity check passes.
 
     fft: also check the FP32 package through the FFT backend (fnet-run --backend fft) against PyTorch.
     calibrate_z_err: fit the head's Z_ERR factor on this many freshly simulated spectra (fnet.train.calibrate).
-    class_z_range: measure each class's training redshift range on this many simulated spectra and store it in
-    the head (fnet.runtime.heads: the decoder then drops a class at a redshift training never had it).
+    class_z_range_spectra: measure each class's training redshift range on this many simulated spectra and store it
+    in the head (fnet.runtime.heads: the decoder then drops a class at a redshift training never had it).
     """
     model, meta = load_model(checkpoint)
     info = package_info(meta, model_version, name)
     data = (meta.get("config") or {}).get("data") or {}
-    for option, n in (("--calibrate-z-err", calibrate_z_err), ("--class-z-range", class_z_range)):
+    for option, n in (("--calibrate-z-err", calibrate_z_err), ("--fit-class-z-range", class_z_range_spectra)):
         if n and data.get("source") != "simulate":
             raise ValueError(f"{checkpoint}: {option} needs a run trained on simulated spectra "
                              f"(data.source is {data.get('source')!r})")
-    if class_z_range:
-        if not info.head.get("classes"):
-            raise ValueError(f"{checkpoint}: --class-z-range needs a model with a class head")
+    if class_z_range_spectra:
+        if not info.head.get("classes") or info.head.get("kind") != "zbins":
+            # the decoder's margin is a few bins of a P(z) head; a regression head's scatter is not measured
+            raise ValueError(f"{checkpoint}: --fit-class-z-range needs a model with a class head and a zbins "
+                             "redshift head")
         from ..train.calibrate import fit_class_z_range
 
         fit = fit_class_z_range(info.head["classes"], data["simulator_class"], data.get("simulator") or {},
-                                info.grid, info.normalisation, class_z_range,
+                                info.grid, info.normalisation, class_z_range_spectra,
                                 tuple(data.get("z_range", (0.0, 7.0))), data.get("z_sampling", "simulator"))
         info.head["class_z_range"] = fit["ranges"]
         info.training["class_z_range"] = fit

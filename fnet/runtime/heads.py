@@ -17,14 +17,15 @@ Class head (optional, contract version 2): ``"classes": ["QSO", "STAR", "GALAXY"
 rows where a logit is not finite). A head without ``classes`` decodes exactly as before
 (``p_class`` None), which is how packages of contract version 1 still run.
 
-Class redshift ranges (optional): ``"class_z_range": {"QSO": [0.031, 6.99], "STAR": [-0.0018, 0.0018], ...}``,
-the redshifts at which the training set held each class (``fnet-export --class-z-range N`` measures them on the
-run's own simulator). The two heads are trained side by side and can disagree: a class head saying QSO while
+Class redshift ranges (optional): ``"class_z_range": {"QSO": [0.036, 6.94], "STAR": [-0.0012, 0.0012], ...}``,
+the redshifts at which the training set held each class (``fnet-export --fit-class-z-range N`` measures them on
+the run's own simulator). The two heads are trained side by side and can disagree: a class head saying QSO while
 the redshift head puts the object at z = 0.000, where training had stars and galaxies only. Such a class is
 not one the network ever saw there, so decode() sets to 0 the probability of every class whose range (widened by
-CLASS_Z_MARGIN_KMS each side) does not hold the row's Z and renormalises the others; ``Decoded.class_moved``
-marks the rows whose most probable class changed (ZWARN CLASS_UNCERTAIN). A row no class's range holds keeps
-the class head's probabilities as they are.
+CLASS_Z_MARGIN_KMS each side) does not hold the row's Z and renormalises the others. ``Decoded.p_class_head``
+keeps the class head's own probabilities, and ``Decoded.class_out_of_range`` marks the rows whose own most
+probable class lies outside its range (ZWARN CLASS_UNCERTAIN), including rows where no class's range holds Z:
+those keep the class head's probabilities as they are.
 
 zbins decoding (the same code evaluates during training, so training and runtime cannot drift):
 
@@ -45,6 +46,7 @@ zbins decoding (the same code evaluates during training, so training and runtime
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,7 +75,8 @@ class Decoded:
     pdf: np.ndarray | None = None
     p_class: np.ndarray | None = None
     classes: tuple[str, ...] = ()
-    class_moved: np.ndarray | None = None  # (n,) bool: class_z_range changed the most probable class
+    p_class_head: np.ndarray | None = None  # the class head's own probabilities, where class_z_range changed p_class
+    class_out_of_range: np.ndarray | None = None  # (n,) bool: the head's most probable class is outside its range
 
     def spectype(self) -> np.ndarray:
         """The most probable class name per row ("" where there is no class head or the row is NaN)."""
@@ -138,9 +141,9 @@ def _valid_class_z_range(ranges, classes: list[str]) -> dict[str, list[float]]:
     out = {}
     for name, pair in ranges.items():
         ok = isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v) for v in pair)
-        if not ok or pair[0] > pair[1]:
-            raise ValueError(f"head class_z_range[{name!r}] must be [lo, hi] with lo <= hi, got {pair!r}")
+            isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v) for v in pair)
+        if not ok or not -1.0 < pair[0] <= pair[1]:
+            raise ValueError(f"head class_z_range[{name!r}] must be [lo, hi] with -1 < lo <= hi, got {pair!r}")
         out[name] = [float(pair[0]), float(pair[1])]
     return out
 
@@ -149,29 +152,29 @@ def restrict_to_class_z_range(p_class: np.ndarray, z: np.ndarray, classes: tuple
                               ranges: dict[str, list[float]]) -> tuple[np.ndarray, np.ndarray]:
     """Class probabilities with classes outside their training redshift range at z set to 0 (renormalised).
 
-    Returns (p, moved): moved marks rows whose most probable class changed. A class without a range is allowed
-    everywhere; a row whose z no class allows, or whose z or probabilities are not finite, is left as it is.
+    Returns (p, out_of_range): out_of_range marks rows whose own most probable class is outside its range at z.
+    A class without a range is allowed everywhere. Rows whose z no class allows, whose allowed classes all have
+    probability 0, or whose z or probabilities are not finite keep their probabilities.
     """
-    p = np.array(p_class, dtype=np.float64, copy=True)
+    p_head = np.asarray(p_class, dtype=np.float64)
+    p = p_head.copy()
     z = np.asarray(z, dtype=np.float64)
     margin = CLASS_Z_MARGIN_KMS / C_KMS  # in u = ln(1 + z), where a velocity is a fixed width
     allowed = np.ones(p.shape, dtype=bool)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(divide="ignore", invalid="ignore"):  # z <= -1: u is -inf or NaN, no class allowed
         u = np.log1p(z)
         for j, name in enumerate(classes):
             if name in ranges:
                 lo, hi = ranges[name]
-                lo_u = np.log1p(lo) - margin if lo > -1.0 else -np.inf
-                allowed[:, j] = (u >= lo_u) & (u <= np.log1p(hi) + margin)
-    usable = np.isfinite(p).all(axis=1) & np.isfinite(z) & allowed.any(axis=1)
+                allowed[:, j] = (u >= np.log1p(lo) - margin) & (u <= np.log1p(hi) + margin)
+    finite = np.isfinite(p).all(axis=1) & np.isfinite(z)
     kept = np.where(allowed, p, 0.0)
     total = kept.sum(axis=1)
-    change = usable & (total > 0)
+    change = finite & (total > 0)
     p[change] = kept[change] / total[change, None]
-    moved = np.zeros(len(p), dtype=bool)
-    if change.any():
-        moved[change] = p[change].argmax(axis=1) != np.asarray(p_class, dtype=np.float64)[change].argmax(axis=1)
-    return p, moved
+    top = np.where(finite, np.nan_to_num(p_head, nan=-1.0).argmax(axis=1), 0)
+    out_of_range = finite & ~allowed[np.arange(len(p)), top]
+    return p, out_of_range
 
 
 def has_classes(head: dict) -> bool:
@@ -280,7 +283,8 @@ def decode(outputs: dict[str, np.ndarray] | np.ndarray, head: dict) -> Decoded:
         decoded.p_class = decode_classes(outputs, head)
         decoded.classes = tuple(head["classes"])
         if "class_z_range" in head:
-            decoded.p_class, decoded.class_moved = restrict_to_class_z_range(
+            decoded.p_class_head = decoded.p_class
+            decoded.p_class, decoded.class_out_of_range = restrict_to_class_z_range(
                 decoded.p_class, decoded.z, decoded.classes, head["class_z_range"])
     return decoded
 

@@ -260,8 +260,9 @@ class Predictor:
         known = np.array([staged[i].ivar_known for i in idx])
         zwarn = compute_zwarn(coverage=coverage, sn_median=sn, ivar_known=known,
                               z=decoded.z, z_err=decoded.z_err, z_range=pkg.z_range, quality=pkg.quality,
-                              pdf=decoded.pdf, centres=self.centres, p_class=decoded.p_class,
-                              class_moved=decoded.class_moved)
+                              pdf=decoded.pdf, centres=self.centres,
+                              p_class=decoded.p_class if decoded.p_class_head is None else decoded.p_class_head,
+                              class_out_of_range=decoded.class_out_of_range)
         classes = _class_values(decoded)
         for k, i in enumerate(idx):
             spec = staged[i]
@@ -271,7 +272,7 @@ class Predictor:
                                             "the input values are outside what it can handle", spec.coverage)
                 continue
             flags = int(zwarn[k]) | spec.implausible
-            notes = list(spec.notes) + _flag_notes(flags, float(spec.coverage))
+            notes = list(spec.notes) + _flag_notes(flags, float(spec.coverage)) + _class_range_note(decoded, k)
             row = make_row(dict(SOURCE=spec.source, ROW=spec.row, FORMAT=spec.format, **_meta_values(spec),
                                 COVERAGE=float(spec.coverage), Z=z, Z_ERR=z_err, ZWARN=flags, **classes[k],
                                 SN_MEDIAN=float(spec.sn_median), STATUS="ok", MESSAGE="; ".join(notes)))
@@ -311,6 +312,15 @@ def _flag_notes(zwarn: int, coverage: float) -> list[str]:
     if zwarn & ZWarn.IMPLAUSIBLE_DATA:
         notes.append("flux or S/N far beyond what a spectrograph records: Z not to be trusted")
     return notes
+
+
+def _class_range_note(decoded: Decoded, k: int) -> list[str]:
+    """MESSAGE note for a row whose class head chose a class outside its training redshift range (class_z_range)."""
+    if decoded.class_out_of_range is None or not decoded.class_out_of_range[k]:
+        return []
+    top = int(np.argmax(decoded.p_class_head[k]))
+    return [f"class head's {decoded.classes[top]} (P {decoded.p_class_head[k, top]:.2f}) is outside the redshifts "
+            f"training held it at; SPECTYPE and P_* from the classes trained at this Z"]
 
 
 class RowSink(Protocol):

@@ -25,8 +25,8 @@ class ZWarn(IntFlag):
     MULTIPLE_PEAKS = 1 << 5  # more than quality.max_secondary_mass of P(z) lies away from the peak
     SN_UNKNOWN = 1 << 6  # the file has no inverse variance: S/N and LOW_SN cannot be judged
     IMPLAUSIBLE_DATA = 1 << 7  # flux or S/N beyond what a spectrograph records (units? corrupt values?)
-    CLASS_UNCERTAIN = 1 << 8  # class head only: most probable class below quality.min_class_prob (or NaN), or
-    # the class head's first choice was dropped because training never had that class at this Z (class_z_range)
+    CLASS_UNCERTAIN = 1 << 8  # class head only: its most probable class below quality.min_class_prob (or NaN),
+    # or outside the redshift range the training set held it in at this Z (the head's class_z_range)
 
 
 ZWARN_DESCRIPTIONS = {bit.name: bit.value for bit in ZWarn}
@@ -44,10 +44,11 @@ def secondary_mass(pdf: np.ndarray, centres: np.ndarray, z: np.ndarray) -> np.nd
 def compute_zwarn(*, coverage: np.ndarray, sn_median: np.ndarray, ivar_known: np.ndarray, z: np.ndarray,
                   z_err: np.ndarray, z_range: tuple[float, float], quality: dict,
                   pdf: np.ndarray | None = None, centres: np.ndarray | None = None,
-                  p_class: np.ndarray | None = None, class_moved: np.ndarray | None = None) -> np.ndarray:
+                  p_class: np.ndarray | None = None, class_out_of_range: np.ndarray | None = None) -> np.ndarray:
     """ZWARN bit mask for a batch of successfully processed spectra (p_class: (n, C) class probabilities).
 
-    class_moved: rows whose class the head's class_z_range changed (fnet.runtime.heads.Decoded.class_moved).
+    p_class: the class head's own probabilities, before any class_z_range: a head unsure of the class stays
+    flagged even where the ranges leave one class. class_out_of_range: fnet.runtime.heads.Decoded.class_out_of_range.
     """
     zwarn = np.zeros(len(z), dtype=np.int32)
     zwarn |= np.where(coverage < quality["min_coverage"], int(ZWarn.LITTLE_COVERAGE), 0).astype(np.int32)
@@ -70,7 +71,7 @@ def compute_zwarn(*, coverage: np.ndarray, sn_median: np.ndarray, ivar_known: np
     if p_class is not None:  # a NaN probability propagates through max and fails >=: uncertain too
         best = np.asarray(p_class, dtype=np.float64).reshape(len(z), -1).max(axis=1, initial=-np.inf)
         uncertain = ~(best >= quality["min_class_prob"])
-        if class_moved is not None:
-            uncertain |= np.asarray(class_moved, bool)
+        if class_out_of_range is not None:
+            uncertain |= np.asarray(class_out_of_range, bool)
         zwarn |= np.where(uncertain, int(ZWarn.CLASS_UNCERTAIN), 0).astype(np.int32)
     return zwarn

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from fnet.simulate.agn import HostedAGNModel
-from fnet.simulate.galaxies import GalaxyModel
+from fnet.simulate.galaxies import Z_FLOORS, GalaxyModel
 from fnet.simulate.restframe import convolve_and_erode, observe_rows
 from fnet.simulate.simulator import QuasarSimulator, SimulatedBatch
 from fnet.simulate.stars import StarModel
@@ -107,6 +107,8 @@ class SpectrumMixSimulator:
         self.weights = w / w.sum()
         if cfg.given_z not in GIVEN_Z:
             raise ValueError(f"given_z must be one of {GIVEN_Z}, got {cfg.given_z!r}")
+        if cfg.galaxy_z_floor not in Z_FLOORS:  # checked here too: a mix without galaxies never builds GalaxyModel
+            raise ValueError(f"galaxy_z_floor must be one of {Z_FLOORS}, got {cfg.galaxy_z_floor!r}")
         self.rng = np.random.default_rng(seed)
         self.qso = QuasarSimulator(cfg.quasar_source, data_dir=data_dir, config=dict(cfg.quasar))
         self.loglam, self.noise, self.obs_config = self.qso.loglam, self.qso.noise, self.qso.config
