@@ -127,6 +127,7 @@ def test_real_files_through_the_runtime_never_get_a_class_outside_its_range(tmp_
         assert result.exit_code == 0, result.output
         cats[name] = read_catalog(tmp_path / f"{name}.fits")
     a, b = cats["plain"], cats["ranged"]
+    assert a.meta["CLASSZR"] is False and b.meta["CLASSZR"] is True
     np.testing.assert_array_equal(a["Z"], b["Z"])  # the redshift head is untouched
     z = np.asarray(b["Z"], dtype=np.float64)
     u = np.log1p(z)

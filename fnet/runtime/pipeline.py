@@ -462,6 +462,8 @@ def provenance_header(package: ModelPackage, summary: RunSummary) -> dict:
         "MODELSHA": package.sha256,
         # the class head's classes: the catalog has SPECTYPE and P_<CLASS> columns exactly when this card is there
         **({"CLASSES": ",".join(package.head["classes"])} if has_classes(package.head) else {}),
+        # whether SPECTYPE / P_* are restricted to the classes the training set held at each row's Z
+        **({"CLASSZR": "class_z_range" in package.head} if has_classes(package.head) else {}),
         "BACKEND": summary.backend[:68],
         # the export's verdict on this file (FAIL: written with --force, its redshifts are not vouched for)
         "PARITY": {True: "pass", False: "FAIL"}.get(package.parity.get("passed"), "none"),
