@@ -32,7 +32,7 @@ peak ~0.85), intermediate N(0.3, 0.2) (SDSS main-sample-like, low z). A modellin
 (SpectrumMixSimulator option galaxy_z_shapes) replaces any of them. The floor is uniform in z by default; with
 `z_floor="log"` (option galaxy_z_floor) it is uniform in ln z, a prior with no preferred scale, which puts a
 quarter of the floor below z 0.006 for z_range 0.001-1.2 (cz < 1800 km/s, where passive galaxies look like K stars)
-instead of 0.4 %.
+instead of 0.4 % of it.
 """
 
 from __future__ import annotations

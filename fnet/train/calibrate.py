@@ -25,6 +25,14 @@ from .evaluate_torch import TorchBackend
 CALIBRATION_SEED = 0xCA11B  # distinct from every training and validation seed in fnet/configs
 
 
+def _simulated_batches(sim, n: int, batch_size: int, seed: int, grid: Grid, normalisation: dict,
+                       z_range: tuple[float, float], z_sampling: str = "simulator"):
+    """(x, z, spectype) for n simulated spectra in batches; batch i draws from SeedSequence([seed, i])."""
+    for i, start in enumerate(range(0, n, batch_size)):
+        rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
+        yield simulate_labelled(sim, min(batch_size, n - start), grid, normalisation, z_range, rng, z_sampling)
+
+
 def fit_z_err_scale(model: torch.nn.Module, head: dict, grid: Grid, normalisation: dict, simulator_class: str,
                     simulator_options: dict, n: int = 2000, z_range: tuple[float, float] = (0.0, 7.0),
                     seed: int = CALIBRATION_SEED, batch_size: int = 256) -> dict:
@@ -35,9 +43,7 @@ def fit_z_err_scale(model: torch.nn.Module, head: dict, grid: Grid, normalisatio
     backend = TorchBackend(model, head["output"], head=head)
     unscaled = {k: v for k, v in head.items() if k != "z_err_scale"}
     ratios = []
-    for i, start in enumerate(range(0, n, batch_size)):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
-        x, z_true, spectype = simulate_labelled(sim, min(batch_size, n - start), grid, normalisation, z_range, rng)
+    for x, z_true, spectype in _simulated_batches(sim, n, batch_size, seed, grid, normalisation, z_range):
         decoded = decode(backend.run(x), unscaled)
         quasar = np.asarray(spectype, dtype=object) == QUASAR
         ok = quasar & np.isfinite(decoded.z_err) & (decoded.z_err > 0)
@@ -70,14 +76,9 @@ def fit_class_z_range(classes: list[str], simulator_class: str, simulator_option
     options, z range and sampling; a seed used nowhere else). No network and no real spectrum is involved.
     """
     sim = make_simulator(simulator_class, simulator_options, seed)
-    z_all, kind_all = [], []
-    for i, start in enumerate(range(0, n, batch_size)):
-        rng = np.random.default_rng(np.random.SeedSequence([seed, i]))
-        _, z, spectype = simulate_labelled(sim, min(batch_size, n - start), grid, normalisation, z_range, rng,
-                                           z_sampling)
-        z_all.append(z)
-        kind_all.append(np.asarray(spectype, dtype=object))
-    z, kind = np.concatenate(z_all), np.concatenate(kind_all)
+    batches = list(_simulated_batches(sim, n, batch_size, seed, grid, normalisation, z_range, z_sampling))
+    z = np.concatenate([b[1] for b in batches])
+    kind = np.concatenate([np.asarray(b[2], dtype=object) for b in batches])
     counts = {c: int(np.sum(kind == c)) for c in classes}
     missing = [c for c in classes if counts[c] < 20]
     if missing:
