@@ -367,7 +367,7 @@ def train_command(config, overrides):
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--out-dir", "-o", required=True, type=click.Path(file_okay=False))
 @click.option("--name", default=None, help="model name [default: the training run's name]")
 @click.option("--model-version", default="0.1.0", show_default=True)
@@ -386,9 +386,12 @@ def train_command(config, overrides):
 @click.option("--fit-class-z-range", type=click.IntRange(0), default=0, show_default=True, metavar="N",
               help="class head: measure each class's training redshift range on N simulated spectra; the "
                    "decoder then drops a class at a Z training never had it (0: none)")
-def export_command(checkpoint, out_dir, name, model_version, precisions, tensorrt, max_batch, parity_spectra,
+def export_command(checkpoints, out_dir, name, model_version, precisions, tensorrt, max_batch, parity_spectra,
                    n_simulated, force, fft, calibrate_z_err, fit_class_z_range):
     """Export a training CHECKPOINT to ONNX model packages (and TensorRT engines), each parity-checked.
+
+    Several CHECKPOINTS (same recipe, other seeds) make one ensemble package: its P(z) and class probabilities
+    are the mean of theirs (fnet.train.ensemble).
 
     An artefact whose redshifts differ from PyTorch's beyond tolerance is not written (exit code 1); one
     that cannot be built at all (ONNX export, TensorRT parse or build error) is reported and exit code is 3.
@@ -402,7 +405,7 @@ def export_command(checkpoint, out_dir, name, model_version, precisions, tensorr
         if not ok:
             _fail_usage(f"--tensorrt: {why}")
     try:
-        results = export_checkpoint(checkpoint, out_dir, precisions=precisions, tensorrt=tensorrt,
+        results = export_checkpoint(list(checkpoints), out_dir, precisions=precisions, tensorrt=tensorrt,
                                     parity_spectra=parity_spectra, n_simulated=n_simulated, model_version=model_version,
                                     name=name, force=force, max_batch=max_batch, fft=fft,
                                     calibrate_z_err=calibrate_z_err, class_z_range_spectra=fit_class_z_range)

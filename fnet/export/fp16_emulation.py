@@ -56,8 +56,14 @@ HEADS = ("out", "cls")  # the modules that decide the redshift and the class: FP
 
 
 def head_names(model: nn.Module) -> list[str]:
-    """The network's head modules (kept FP32 in FP16 packages) that it has."""
-    return [name for name in HEADS if isinstance(getattr(model, name, None), nn.Module)]
+    """The network's head modules (kept FP32 in FP16 packages): its own, or each ensemble member's (members.K.out)."""
+    own = [name for name in HEADS if isinstance(getattr(model, name, None), nn.Module)]
+    if own:
+        return own
+    members = getattr(model, "members", None)
+    if not isinstance(members, nn.ModuleList):
+        return []
+    return [f"members.{i}.{name}" for i, member in enumerate(members) for name in head_names(member)]
 
 
 def fp32_layers(model: nn.Module) -> list[str]:
@@ -96,7 +102,7 @@ def mixed_precision(model: nn.Module) -> nn.Module:
     """
     net = copy.deepcopy(model).eval().float().cpu().half()
     for head in head_names(net):
-        getattr(net, head).float().register_forward_pre_hook(_to_float32)
+        net.get_submodule(head).float().register_forward_pre_hook(_to_float32)
     return _MixedPrecision(net).eval()
 
 

@@ -14,6 +14,7 @@ from ..runtime.preprocess import prepare_arrays, prepare_spectra
 from ..runtime.readers import read_spectra
 from ..runtime.errors import SpectrumReadError
 from ..train.checkpoint import load_model
+from ..train.ensemble import load_ensemble
 from ..train.evaluate_torch import reference_outputs
 from ..train.package import package_info
 from .onnx_export import ExportParityError, export_onnx
@@ -81,19 +82,28 @@ def parity_inputs(grid: Grid, normalisation: dict, spectra: Sequence[str] = (), 
     return np.concatenate(xs), sources
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, precisions: Sequence[str] = ("fp32",),
+def export_checkpoint(checkpoint: str | Path | Sequence[str | Path], out_dir: str | Path, *, precisions: Sequence[str] = ("fp32",),
                       tensorrt: bool = False, parity_spectra: Sequence[str] = (), n_simulated: int = 256,
                       model_version: str = "0.1.0", name: str | None = None, force: bool = False,
                       max_batch: int = 256, fft: bool = True, calibrate_z_err: int = 0,
                       class_z_range_spectra: int = 0) -> list[ExportResult]:
-    """Export every requested artefact of a checkpoint; each is written only if its parity check passes.
+    """Export every requested artefact of a checkpoint (or of several, as one ensemble); each is written only if its
+    parity check passes.
+
+    checkpoint: one training checkpoint, or a list of two or more trained alike (fnet.train.ensemble: one graph
+    whose posteriors are the mean of theirs).
 
     fft: also check the FP32 package through the FFT backend (fnet-run --backend fft) against PyTorch.
     calibrate_z_err: fit the head's Z_ERR factor on this many freshly simulated spectra (fnet.train.calibrate).
     class_z_range_spectra: measure each class's training redshift range on this many simulated spectra and store it
     in the head (fnet.runtime.heads: the decoder then drops a class at a redshift training never had it).
     """
-    model, meta = load_model(checkpoint)
+    if isinstance(checkpoint, (str, Path)) or len(checkpoint) == 1:
+        checkpoint = checkpoint if isinstance(checkpoint, (str, Path)) else checkpoint[0]
+        model, meta = load_model(checkpoint)
+    else:
+        model, meta = load_ensemble(checkpoint)
+        checkpoint = checkpoint[0]  # errors below name the first member (they share the recipe)
     info = package_info(meta, model_version, name)
     data = (meta.get("config") or {}).get("data") or {}
     for option, n in (("--calibrate-z-err", calibrate_z_err), ("--fit-class-z-range", class_z_range_spectra)):

@@ -14,9 +14,9 @@ Softmax, ...) sees the ONNX layout (batch, channels, length) through a transpose
 pass over the activations per step. One implementation over an array module ``xp``: numpy (with ducc0 or
 scipy.fft and worker threads) or CuPy (cuFFT, cuBLAS).
 
-Supported ops (everything the shipped networks and the paper network export to): Conv (1-D, group 1,
-stride 1, dilation 1), Relu, Add, Identity, MaxPool (1-D), Flatten, Reshape, Gemm, MatMul, Softmax,
-Cast, BatchNormalization, Constant. Any other graph is refused at load, naming the op.
+Supported ops (everything the shipped networks, the paper network and ensembles of them export to): Conv
+(1-D, group 1, stride 1, dilation 1), Relu, Add, Identity, MaxPool (1-D), Flatten, Reshape, Gemm, MatMul,
+Softmax, Cast, BatchNormalization, Constant, Mul, Log. Any other graph is refused at load, naming the op.
 
 Not thread-safe: one backend runs one batch at a time (its convolutions reuse their padding buffers).
 """
@@ -36,7 +36,7 @@ from .onnx_graph import Node, read_graph
 from .onnx_wire import WireError
 
 SUPPORTED_OPS = ("Conv", "Relu", "Add", "Identity", "MaxPool", "Flatten", "Reshape", "Gemm", "MatMul", "Softmax",
-                 "Cast", "BatchNormalization", "Constant")
+                 "Cast", "BatchNormalization", "Constant", "Mul", "Log")
 ALIASING_OPS = ("Identity", "Flatten", "Reshape")  # their output may share memory with their input
 IN_PLACE_OPS = ("Relu", "Add", "BatchNormalization")
 # ops that take channels-last activations as they are; every other op gets the ONNX layout (a transposed view)
@@ -237,6 +237,10 @@ class FftBackend(Backend):
             return softmax
         if op == "MatMul":
             return lambda x, y: xp.matmul(x, y)
+        if op == "Mul":  # an ensemble's 1/K (fnet.train.ensemble)
+            return lambda x, y: xp.multiply(x, y)
+        if op == "Log":
+            return lambda x: xp.log(x)
         if op == "Gemm":
             alpha, beta = a.get("alpha", 1.0), a.get("beta", 1.0)
             ta, tb = a.get("transA", 0), a.get("transB", 0)

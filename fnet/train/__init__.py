@@ -19,6 +19,7 @@ _EXPORTS = {
     "build_model": "model", "count_macs": "model", "count_parameters": "model", "ARCHS": "model",
     "train": "loop", "TrainResult": "loop",
     "load_model": "checkpoint", "load_checkpoint": "checkpoint",
+    "Ensemble": "ensemble", "load_ensemble": "ensemble",
 }
 
 __all__ = sorted(_EXPORTS)
