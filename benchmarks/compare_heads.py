@@ -3,7 +3,7 @@
     python benchmarks/compare_heads.py --pairs pooled4x:regression lite4x:zbins lite4x:regression \\
         --epochs 5 --steps 160 --batch 128 --out runs/compare
 
-Each pair trains with fnet-train (the default_model recipe, constant learning rate, identical seed
+Each pair trains with fnet-train (the classes_pooled4x recipe, that of the 2.0.0 default, constant learning rate, identical seed
 and simulated data stream), then its final checkpoint is evaluated on the 67 real DR16 quasars
 through the runtime's own prediction path. Prints one table and writes compare.json.
 """
@@ -45,7 +45,7 @@ def main() -> None:
         arch, head = pair.split(":")
         run_dir = Path(args.out) / f"{arch}_{head}"
         t0 = time.perf_counter()
-        result = train("default_model", [
+        result = train("classes_pooled4x", [
             f"arch={arch}", f"head={HEADS[head]}", f"grid={GRIDS[arch]}", "schedule.kind=constant",
             f"train.epochs={args.epochs}", f"train.steps_per_epoch={args.steps}", f"train.batch_size={args.batch}",
             f"train.checkpoint_dir={run_dir}", "validation.real_dir=", "validation.real_catalog=",

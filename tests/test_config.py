@@ -42,9 +42,9 @@ def test_wrong_values_are_refused_naming_the_key(override, words):
 
 
 def test_the_class_model_comparison_recipes_differ_only_in_the_network():
-    # docs/models.md compares lite4x (FNet family) with pooled4x (the default) "on the same data and budget":
+    # docs/models.md compares lite4x (FNet family) with pooled4x (the 2.0.0 default) "on the same data and budget":
     # that holds only while the two recipes agree on everything but the architecture and the run's names
-    lite, default = load_config("classes_lite4x").to_dict(), load_config("default_model").to_dict()
+    lite, default = load_config("classes_lite4x").to_dict(), load_config("classes_pooled4x").to_dict()
     for cfg in (lite, default):
         cfg.pop("arch"), cfg.pop("name"), cfg["train"].pop("checkpoint_dir")
     assert lite == default

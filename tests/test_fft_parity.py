@@ -91,26 +91,6 @@ def test_the_catalog_header_names_the_backend_that_ran(tmp_path):
         assert fits.getheader(out, "FNET")["BACKEND"].startswith("fft[" if backend == "fft" else "onnxruntime[")
 
 
-def _torch_twin_of_the_default_model():
-    """The embedded pooled4x network rebuilt in torch from the package's own (BN-folded) weights."""
-    torch = pytest.importorskip("torch")
-    from fnet.runtime.onnx_graph import read_graph
-    from fnet.train.model import build_model
-
-    package = load_model_package(default_model_path())
-    graph = read_graph(package.path.read_bytes())
-    model = build_model(package.architecture, package.head, package.grid).eval()
-    for i, module in enumerate(model.features):
-        if isinstance(module, torch.nn.BatchNorm1d):  # folded into the convolutions by the export
-            model.features[i] = torch.nn.Identity()
-    layers = [m for m in model.modules() if isinstance(m, (torch.nn.Conv1d, torch.nn.Linear))]
-    weighted = [n for n in graph.nodes if n.op_type in ("Conv", "Gemm")]
-    assert len(layers) == len(weighted)
-    with torch.no_grad():
-        for layer, node in zip(layers, weighted):
-            layer.weight.copy_(torch.from_numpy(graph.initializers[node.inputs[1]]))
-            layer.bias.copy_(torch.from_numpy(graph.initializers[node.inputs[2]]))
-    return model, package
 
 
 def _parity_set(package, n_simulated: int):
@@ -130,7 +110,10 @@ def test_the_default_model_through_the_fft_passes_the_fp32_gate_against_pytorch(
     from fnet.export.parity import TOLERANCES, compare_outputs
     from fnet.train.evaluate_torch import reference_outputs
 
-    model, package = _torch_twin_of_the_default_model()
+    pytest.importorskip("torch")
+    from default_twin import default_model_twin
+
+    model, package = default_model_twin()
     x = _parity_set(package, 64)
     reference = reference_outputs(model, package.head["output"], x)
     # the twin is the package's network: ONNX Runtime agrees with it as the export gate demands

@@ -197,34 +197,10 @@ def test_an_ordinary_trained_model_passes_with_its_head_in_fp32(tmp_path, traine
 
 
 def shipped_default_network() -> tuple[nn.Module, PackageInfo]:
-    """The embedded default model (pooled4x, 18 epochs of training) as a torch network, from its ONNX weights.
+    """The embedded default model as a torch network from its ONNX weights, and what its package says of it."""
+    from default_twin import default_model_twin
 
-    The package holds its convolutions with BatchNorm folded in: they are loaded into the convolutions and the
-    BatchNorms set to the identity, which is the same function.
-    """
-    import onnx
-    from onnx import numpy_helper
-
-    from fnet.cli import default_model_path
-
-    package = load_model_package(default_model_path())
-    graph = onnx.load(str(default_model_path())).graph
-    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
-    net = build_model(package.architecture, package.head, package.grid).eval()
-    convs = [m for m in net.features if isinstance(m, nn.Conv1d)]
-    linears = [m for m in net.fc if isinstance(m, nn.Linear)] + [net.out] + ([net.cls] if net.cls is not None else [])
-    nodes = [n for n in graph.node if n.op_type == "Conv"], [n for n in graph.node if n.op_type == "Gemm"]
-    assert len(nodes[0]) == len(convs) and len(nodes[1]) == len(linears)
-    with torch.no_grad():
-        for node, layer in zip(nodes[0] + nodes[1], convs + linears):
-            transposed = any(a.name == "transB" and a.i == 0 for a in node.attribute)
-            layer.weight.copy_(weights[node.input[1]].T if transposed else weights[node.input[1]])
-            layer.bias.copy_(weights[node.input[2]])
-        for bn in (m for m in net.features if isinstance(m, nn.BatchNorm1d)):
-            bn.weight.fill_(1)
-            bn.bias.zero_()
-            bn.running_mean.zero_()
-            bn.running_var.fill_(1 - bn.eps)
+    net, package = default_model_twin()
     info = PackageInfo(package.name, package.version, package.architecture, package.grid, package.normalisation,
                        package.head, package.z_range)
     return net, info
