@@ -21,6 +21,8 @@ def test_default_model_is_a_valid_package_with_provenance():
     assert default_model_path().stat().st_size < 16 * 2**20
     # each class's training redshift range is in the head (fnet-export --fit-class-z-range)
     assert set(package.head["class_z_range"]) == {"QSO", "STAR", "GALAXY"}
+    # and a Z_ERR floor for catalogue redshifts, recorded where it came from (benchmarks/z_err_floor.py)
+    assert package.head["z_err_floor_kms"] == package.training["z_err_floor"]["kms"] > 0
 
 
 def test_fnet_run_uses_the_embedded_model_by_default(tmp_path):

@@ -92,7 +92,7 @@ def test_members_that_do_not_share_input_head_or_recipe_are_refused_by_name(tmp_
 
 
 def test_fnet_export_writes_one_ensemble_package_that_every_cpu_backend_runs_alike(tmp_path):
-    from fnet.cli import export_command
+    from fnet.export.command import export_command
     from fnet.runtime.backends import open_backend
     from fnet.runtime.fft_backend import FftBackend
     from fnet.runtime.model_package import load_model_package

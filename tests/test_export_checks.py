@@ -57,7 +57,7 @@ def _tiny_checkpoint(monkeypatch) -> None:
 
 
 def test_an_artefact_that_cannot_be_built_is_reported_and_exit_code_3(tmp_path, monkeypatch):
-    from fnet.cli import export_command
+    from fnet.export.command import export_command
     from fnet.export import pipeline
 
     _tiny_checkpoint(monkeypatch)

@@ -149,7 +149,7 @@ def test_the_emulated_fp16_gate_refuses_the_rescaled_checkpoint_that_onnxruntime
 
 
 def test_fnet_export_names_the_fp16_arithmetic_failure_and_still_writes_fp32(tmp_path, monkeypatch, rescaled):
-    from fnet.cli import export_command
+    from fnet.export.command import export_command
     from fnet.export import pipeline
 
     meta = {"name": "big", "arch": "tiny", "grid": GRID.to_dict(), "normalisation": NORM, "head": dict(HEAD),

@@ -86,7 +86,7 @@ def export_checkpoint(checkpoint: str | Path | Sequence[str | Path], out_dir: st
                       tensorrt: bool = False, parity_spectra: Sequence[str] = (), n_simulated: int = 256,
                       model_version: str = "0.1.0", name: str | None = None, force: bool = False,
                       max_batch: int = 256, fft: bool = True, calibrate_z_err: int = 0,
-                      class_z_range_spectra: int = 0) -> list[ExportResult]:
+                      class_z_range_spectra: int = 0, z_err_floor_kms: float = 0.0) -> list[ExportResult]:
     """Export every requested artefact of a checkpoint (or of several, as one ensemble); each is written only if its
     parity check passes.
 
@@ -97,6 +97,8 @@ def export_checkpoint(checkpoint: str | Path | Sequence[str | Path], out_dir: st
     calibrate_z_err: fit the head's Z_ERR factor on this many freshly simulated spectra (fnet.train.calibrate).
     class_z_range_spectra: measure each class's training redshift range on this many simulated spectra and store it
     in the head (fnet.runtime.heads: the decoder then drops a class at a redshift training never had it).
+    z_err_floor_kms: a velocity added to Z_ERR in quadrature (reference redshifts' own scatter, fitted on real spectra:
+    benchmarks/z_err_floor.py); 0: none.
     """
     if isinstance(checkpoint, (str, Path)) or len(checkpoint) == 1:
         checkpoint = checkpoint if isinstance(checkpoint, (str, Path)) else checkpoint[0]
@@ -129,6 +131,11 @@ def export_checkpoint(checkpoint: str | Path | Sequence[str | Path], out_dir: st
                               data.get("simulator") or {}, calibrate_z_err, tuple(data.get("z_range", (0.0, 7.0))))
         info.head["z_err_scale"] = fit["z_err_scale"]
         info.training["z_err_calibration"] = fit
+    if z_err_floor_kms:
+        if info.head.get("kind") != "zbins":
+            raise ValueError(f"{checkpoint}: --z-err-floor-kms needs a zbins head (a regression head reports no Z_ERR)")
+        info.head["z_err_floor_kms"] = float(z_err_floor_kms)
+        info.training["z_err_floor"] = {"kms": float(z_err_floor_kms)}
     x, sources = parity_inputs(info.grid, info.normalisation, parity_spectra, n_simulated,
                                classes=bool(info.head.get("classes")))
     info.training["parity_inputs"] = sources

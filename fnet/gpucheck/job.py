@@ -23,7 +23,8 @@ from ..runtime.atomic import atomic_write_text
 from .parts import split_large
 
 # The commands, run as `python -c` so they work from a checkout that was never pip-installed (a lent GPU machine).
-COMMANDS = {"train": "train_command", "export": "export_command", "bench": "bench_command", "eval": "eval_command"}
+COMMANDS = {"train": "fnet.cli:train_command", "export": "fnet.export.command:export_command",
+            "bench": "fnet.bench:bench_command", "eval": "fnet.cli:eval_command"}
 GPU_BACKENDS = ("torch", "torch-bf16", "onnxruntime-cuda", "onnxruntime-tensorrt", "fft-cupy", "tensorrt-engine")
 CPU_BACKENDS = ("torch", "onnxruntime-cpu", "fft-numpy")
 # What each step's command imports: a lent GPU machine may lack some (it has torch and CuPy, perhaps little else),
@@ -288,8 +289,8 @@ class GpuCheck:
 
     def _command(self, which: str, args: list[str], timeout: float) -> int | None:
         """Run fnet-<which> in a child process (output into the log); its exit code, None if it ran out of time."""
-        code = f"import sys; from fnet.{'bench' if which == 'bench' else 'cli'} import {COMMANDS[which]} as c; " \
-               f"c(sys.argv[1:], prog_name='fnet-{which}')"
+        module, command = COMMANDS[which].split(":")
+        code = f"import sys; from {module} import {command} as c; c(sys.argv[1:], prog_name='fnet-{which}')"
         root = str(Path(__file__).resolve().parents[2])
         env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
         self.log(f"$ fnet-{which} {' '.join(args)}   (limit {timeout:.0f} s)")

@@ -42,6 +42,10 @@ zbins decoding (the same code evaluates during training, so training and runtime
   An optional ``"z_err_scale"`` in the head multiplies Z_ERR: the factor that makes 68.3 % of simulated
   quasars fall within 1 Z_ERR, fitted at export on spectra the network was not selected on
   (``fnet-export --calibrate-z-err N``, fnet.train.calibrate); without it the factor is 1.
+  An optional ``"z_err_floor_kms"`` V adds, in quadrature, a velocity no P(z) can hold: how far real
+  reference redshifts (a survey catalogue's) scatter from what the network measures, fitted on real spectra
+  with such redshifts (``fnet-export --z-err-floor-kms V``, benchmarks/z_err_floor.py):
+  Z_ERR = sqrt((scale * width)^2 + (V * (1 + z) / c)^2). Without it V is 0.
 """
 
 from __future__ import annotations
@@ -117,6 +121,13 @@ def validate_head(head: dict) -> dict:
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not np.isfinite(scale) or scale <= 0:
             raise ValueError(f"head z_err_scale must be a positive number, got {scale!r}")
         h["z_err_scale"] = float(scale)
+    if "z_err_floor_kms" in h:  # reference-scatter term added in quadrature (fnet-export --z-err-floor-kms), default 0
+        floor = h["z_err_floor_kms"]
+        if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 <= floor < C_KMS:
+            raise ValueError(f"head z_err_floor_kms must be a velocity in km/s, 0 or more, got {floor!r}")
+        if h["kind"] != "zbins":
+            raise ValueError("head z_err_floor_kms needs a zbins head (a regression head reports no Z_ERR)")
+        h["z_err_floor_kms"] = float(floor)
     if "classes" in h or "class_output" in h:
         classes = h.get("classes")
         if not isinstance(classes, (list, tuple)) or len(classes) < 2 \
@@ -309,6 +320,8 @@ def _decode_redshift(outputs, head: dict) -> Decoded:
         u[s:s + _CHUNK], h[s:s + _CHUNK] = _decode_zbins_chunk(pdf[s:s + _CHUNK], u_min, du)
     z = np.expm1(u)
     z_err = head.get("z_err_scale", 1.0) * (1.0 + z) * np.sinh(h)
+    if head.get("z_err_floor_kms"):  # what the P(z) cannot know: the reference redshifts' own scatter (a velocity)
+        z_err = np.hypot(z_err, head["z_err_floor_kms"] * (1.0 + z) / C_KMS)
     bad = ~np.isfinite(y).all(axis=1)  # a NaN logit poisons the softmax: report NaN, never a bin edge
     z[bad], z_err[bad] = np.nan, np.nan
     return Decoded(z=z, z_err=z_err, pdf=pdf.astype(np.float32))
