@@ -170,21 +170,15 @@ def test_export_measures_the_ranges_on_the_runs_own_simulator():
 
 
 def test_fnet_export_stores_the_measured_ranges_in_the_package(tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch")
-    from fnet.export import pipeline
-    from fnet.runtime.grid import Grid
-    from fnet.runtime.model_package import load_model_package
-    from fnet.train.model import build_model
+    pytest.importorskip("torch")
+    from tiny_models import patch_export_with_tiny_network
 
-    grid = Grid(3.5522, 8e-4, 578)
-    head = {**HEAD, "nbins": 64}
-    torch.manual_seed(0)
-    net = build_model("tiny", head, grid).eval()
+    from fnet.export import pipeline
+    from fnet.runtime.model_package import load_model_package
+
     data = {"source": "simulate", "simulator_class": "fnet.simulate:SpectrumMixSimulator",
             "simulator": {"mix": {"QSO": 0.5, "STAR": 0.3, "GALAXY": 0.2}}, "z_range": [0.0, 7.0]}
-    meta = {"name": "tiny", "arch": "tiny", "grid": grid.to_dict(), "normalisation": {"scheme": "ivar_unit_norm"},
-            "head": dict(head), "z_range": [0.0, 7.0], "training": {}, "config": {"data": data}}
-    monkeypatch.setattr(pipeline, "load_model", lambda path: (net, dict(meta)))
+    net, meta = patch_export_with_tiny_network(monkeypatch, {**HEAD, "nbins": 64}, config={"data": data})
     [result] = [r for r in pipeline.export_checkpoint(tmp_path / "x.pt", tmp_path / "out", precisions=("fp32",),
                                                       n_simulated=8, fft=False, class_z_range_spectra=200)
                 if r.kind == "onnx-fp32"]

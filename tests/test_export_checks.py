@@ -9,6 +9,7 @@ from astropy.io import fits
 from click.testing import CliRunner
 
 from conftest import require_shared
+from tiny_models import patch_export_with_tiny_network
 from fnet.cli import default_model_path, run_command
 from fnet.export.parity import TOLERANCES, compare_outputs
 from fnet.runtime.backends import open_backend
@@ -43,17 +44,8 @@ def test_empty_batches_give_empty_outputs_of_the_right_shape():
 
 def _tiny_checkpoint(monkeypatch) -> None:
     """Make export_checkpoint load a seeded untrained `tiny` network whatever checkpoint path it is given."""
-    torch = pytest.importorskip("torch")
-    from fnet.export import pipeline
-    from fnet.runtime.grid import Grid
-    from fnet.train.model import build_model
-
-    grid = Grid(3.5522, 8e-4, 578)
-    torch.manual_seed(0)
-    net = build_model("tiny", HEAD, grid).eval()
-    meta = {"name": "tiny", "arch": "tiny", "grid": grid.to_dict(), "normalisation": {"scheme": "ivar_unit_norm"},
-            "head": dict(HEAD), "z_range": [0.0, 7.0], "training": {}}
-    monkeypatch.setattr(pipeline, "load_model", lambda path: (net, dict(meta)))
+    pytest.importorskip("torch")
+    patch_export_with_tiny_network(monkeypatch, HEAD)
 
 
 def test_an_artefact_that_cannot_be_built_is_reported_and_exit_code_3(tmp_path, monkeypatch):

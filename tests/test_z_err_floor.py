@@ -71,26 +71,19 @@ def test_held_out_cross_fitting_recovers_an_extra_scatter_and_finds_none_where_t
 
 
 def test_fnet_export_stores_the_floor_in_the_head_and_its_provenance(tmp_path, monkeypatch):
-    torch = pytest.importorskip("torch")
-    from fnet.export import pipeline
-    from fnet.runtime.grid import Grid
-    from fnet.runtime.model_package import load_model_package
-    from fnet.train.model import build_model
+    pytest.importorskip("torch")
+    from tiny_models import patch_export_with_tiny_network
 
-    grid = Grid(3.5522, 8e-4, 578)
-    torch.manual_seed(0)
-    net = build_model("tiny", HEAD, grid).eval()
-    meta = {"name": "tiny", "arch": "tiny", "grid": grid.to_dict(), "normalisation": {"scheme": "ivar_unit_norm"},
-            "head": dict(HEAD), "z_range": [0.0, 7.0], "training": {}}
-    monkeypatch.setattr(pipeline, "load_model", lambda path: (net, dict(meta)))
+    from fnet.export import pipeline
+    from fnet.runtime.model_package import load_model_package
+
+    patch_export_with_tiny_network(monkeypatch, HEAD)
     [result] = [r for r in pipeline.export_checkpoint(tmp_path / "x.pt", tmp_path / "out", precisions=("fp32",),
                                                       n_simulated=8, fft=False, z_err_floor_kms=180.0)
                 if r.kind == "onnx-fp32"]
     package = load_model_package(result.path)
     assert package.head["z_err_floor_kms"] == 180.0 and package.training["z_err_floor"] == {"kms": 180.0}
-    regression = {"kind": "regression", "output": "z_scaled", "z_min": 0.0, "z_max": 7.0}
-    monkeypatch.setattr(pipeline, "load_model", lambda path: (build_model("tiny", regression, grid).eval(),
-                                                              {**meta, "head": regression}))
+    patch_export_with_tiny_network(monkeypatch, {"kind": "regression", "output": "z_scaled", "z_min": 0.0, "z_max": 7.0})
     with pytest.raises(ValueError, match="--z-err-floor-kms needs a zbins head"):
         pipeline.export_checkpoint(tmp_path / "x.pt", tmp_path / "out2", n_simulated=8, fft=False, z_err_floor_kms=180.0)
 

@@ -72,3 +72,21 @@ def make_tiny_model(path: Path, head: dict, grid: Grid = PAPER_GRID,
     data = model.SerializeToString()
     path.write_bytes(stamp_integrity(data) if integrity else data)
     return path
+
+
+def patch_export_with_tiny_network(monkeypatch, head: dict, **meta):
+    """Make fnet.export.pipeline.export_checkpoint load a seeded untrained `tiny` torch network (on a 578-pixel grid)
+    with this head, whatever checkpoint path it is given; meta adds to (or replaces) the checkpoint metadata.
+    Returns (network, metadata). Needs torch (the caller skips without it)."""
+    import torch
+
+    from fnet.export import pipeline
+    from fnet.train.model import build_model
+
+    grid = Grid(3.5522, 8e-4, 578)
+    torch.manual_seed(0)
+    net = build_model("tiny", head, grid).eval()
+    metadata = {"name": "tiny", "arch": "tiny", "grid": grid.to_dict(), "normalisation": {"scheme": "ivar_unit_norm"},
+                "head": dict(head), "z_range": [0.0, 7.0], "training": {}, **meta}
+    monkeypatch.setattr(pipeline, "load_model", lambda path: (net, dict(metadata)))
+    return net, metadata
