@@ -3,8 +3,8 @@
     python benchmarks/compare_heads.py --pairs pooled4x:regression lite4x:zbins lite4x:regression \\
         --epochs 5 --steps 160 --batch 128 --out runs/compare
 
-Each pair trains with fnet-train (the classes_pooled4x recipe, that of the 2.0.0 default, constant learning rate, identical seed
-and simulated data stream), then its final checkpoint is evaluated on the 67 real DR16 quasars
+Each pair trains with fnet-train (the classes_pooled4x recipe, that of the 2.0.0 default, constant learning
+rate, identical seed and simulated data stream), then its final checkpoint is evaluated on the 67 real DR16 quasars
 through the runtime's own prediction path. Prints one table and writes compare.json.
 """
 

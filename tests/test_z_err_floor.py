@@ -83,9 +83,11 @@ def test_fnet_export_stores_the_floor_in_the_head_and_its_provenance(tmp_path, m
                 if r.kind == "onnx-fp32"]
     package = load_model_package(result.path)
     assert package.head["z_err_floor_kms"] == 180.0 and package.training["z_err_floor"] == {"kms": 180.0}
-    patch_export_with_tiny_network(monkeypatch, {"kind": "regression", "output": "z_scaled", "z_min": 0.0, "z_max": 7.0})
+    regression = {"kind": "regression", "output": "z_scaled", "z_min": 0.0, "z_max": 7.0}
+    patch_export_with_tiny_network(monkeypatch, regression)
     with pytest.raises(ValueError, match="--z-err-floor-kms needs a zbins head"):
-        pipeline.export_checkpoint(tmp_path / "x.pt", tmp_path / "out2", n_simulated=8, fft=False, z_err_floor_kms=180.0)
+        pipeline.export_checkpoint(tmp_path / "x.pt", tmp_path / "out2", n_simulated=8, fft=False,
+                                   z_err_floor_kms=180.0)
 
 
 def test_the_benchmark_fits_on_dr16_and_judges_on_the_other_references(tmp_path):

@@ -82,8 +82,8 @@ def parity_inputs(grid: Grid, normalisation: dict, spectra: Sequence[str] = (), 
     return np.concatenate(xs), sources
 
 
-def export_checkpoint(checkpoint: str | Path | Sequence[str | Path], out_dir: str | Path, *, precisions: Sequence[str] = ("fp32",),
-                      tensorrt: bool = False, parity_spectra: Sequence[str] = (), n_simulated: int = 256,
+def export_checkpoint(checkpoint: str | Path | Sequence[str | Path], out_dir: str | Path, *,
+                      precisions: Sequence[str] = ("fp32",), tensorrt: bool = False, parity_spectra: Sequence[str] = (), n_simulated: int = 256,
                       model_version: str = "0.1.0", name: str | None = None, force: bool = False,
                       max_batch: int = 256, fft: bool = True, calibrate_z_err: int = 0,
                       class_z_range_spectra: int = 0, z_err_floor_kms: float = 0.0) -> list[ExportResult]:
