@@ -63,6 +63,7 @@ def test_the_ensemble_posteriors_are_the_mean_of_its_members(tmp_path):
     decoded = decode({"logits": logits, "class_logits": class_logits}, HEAD)
     assert decoded.z.shape == (5,) and np.all(np.isfinite(decoded.z_err))
     assert [m["seed"] for m in meta["training"]["ensemble"]] == [100, 101, 102]
+    assert "seed" not in meta["training"] and meta["epoch"] is None  # no member's own provenance passes for the whole
     assert meta["arch"] == "tiny x3 (ensemble)"
 
 

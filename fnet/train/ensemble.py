@@ -28,6 +28,8 @@ from .checkpoint import load_model
 EPS = 1e-30
 # what the members must share to be averaged: the same input and the same meaning of every output
 SHARED_KEYS = ("arch", "head", "grid", "normalisation", "z_range")
+# a checkpoint's training provenance that belongs to one run, not to the ensemble (kept per member)
+PER_MEMBER = ("seed", "global_step", "best", "validation", "epochs", "params", "macs")
 
 
 def _mean_probability_logits(logits: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -80,10 +82,18 @@ def load_ensemble(checkpoints: Sequence[str | Path], map_location: str | torch.d
         if data != first_data:
             raise ValueError(f"{path}: trained on other data than {first_path} (config 'data' differs); the Z_ERR "
                              "and class-range fits of an export simulate one recipe")
-    meta = dict(first)
-    meta["training"] = dict(first.get("training") or {})
-    meta["training"]["ensemble"] = [
-        {"checkpoint": str(path), "seed": (m.get("training") or {}).get("seed"), "epoch": m.get("epoch"),
-         "best": m.get("best")} for path, m in zip(checkpoints, metas)]
-    meta["arch"] = f"{first['arch']} x{len(members)} (ensemble)"
+    trainings = [dict(m.get("training") or {}) for m in metas]
+    # what the members share stays at the top (data, recipe); what is each one's own goes into its entry, so that
+    # nothing in the package reads as if the ensemble had one seed or one validation score
+    training = {k: v for k, v in trainings[0].items() if k not in PER_MEMBER}
+    if len({t.get("epochs") for t in trainings}) == 1:
+        training["epochs"] = trainings[0].get("epochs")
+    for key in ("params", "macs"):  # the ensemble's cost is the sum of its members'
+        if all(isinstance(t.get(key), (int, float)) for t in trainings):
+            training[key] = sum(t[key] for t in trainings)
+    training["ensemble"] = [
+        {"checkpoint": str(path), "seed": t.get("seed"), "epoch": m.get("epoch"), "best": m.get("best"),
+         "validation": t.get("validation")} for path, m, t in zip(checkpoints, metas, trainings)]
+    meta = {**first, "training": training, "epoch": None, "best": None,
+            "arch": f"{first['arch']} x{len(members)} (ensemble)"}
     return Ensemble(list(members)).to(map_location).eval(), meta
