@@ -110,3 +110,29 @@ def test_the_benchmark_fits_on_dr16_and_judges_on_the_other_references(tmp_path)
     assert fit["floor_kms"] > 0
     assert record["others"]["all"]["n"] == 17
     assert record["others"]["all"]["within_with_floor"] >= record["others"]["all"]["within_without_floor"]
+
+
+def test_compare_catalogs_finds_that_only_z_err_differs(tmp_path):
+    import sys
+    from pathlib import Path
+
+    from astropy.io import fits
+    from click.testing import CliRunner
+
+    from conftest import require_shared
+    from fnet.cli import run_command
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from compare_catalogs import compare
+
+    spectra = require_shared("sdss", "dr16")
+    a, b = tmp_path / "a.fits", tmp_path / "b.fits"
+    assert CliRunner().invoke(run_command, [str(spectra / "spec-3655-55240-00*.fits"), "-o", str(a), "-q"]).exit_code == 0
+    with fits.open(a) as hdul:  # the same catalog with Z_ERR doubled, as a floor far larger than the P(z) would make it
+        hdul[1].data["Z_ERR"] = 2 * hdul[1].data["Z_ERR"]
+        hdul.writeto(b)
+    result = compare(str(a), str(b))
+    differing = {k: v for k, v in result["columns"].items() if not v["identical"]}
+    assert set(differing) == {"Z_ERR"} and result["rows"] > 0
+    assert differing["Z_ERR"]["ratio_min"] == differing["Z_ERR"]["ratio_max"] == 2.0
+    assert all(v["identical"] for v in compare(str(a), str(a))["columns"].values())
