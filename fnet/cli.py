@@ -13,9 +13,7 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .runtime.constants import PAPER_GRID
-
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_NO_CATALOG = 0, 1, 2, 3
+from .runtime.constants import EXIT_NO_CATALOG, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, PAPER_GRID
 MAX_FAILURE_LINES = 50  # failures echoed to stderr; every one is in the catalog
 
 

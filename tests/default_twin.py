@@ -28,7 +28,7 @@ def default_model_twin() -> tuple[nn.Module, ModelPackage]:
     members = [build_model(arch, package.head, package.grid).eval() for _ in range(n_members)]
     convs = [m for net in members for m in net.features if isinstance(m, nn.Conv1d)]
     linears = [m for net in members
-               for m in [m for m in net.fc if isinstance(m, nn.Linear)] + [net.out] + ([net.cls] if net.cls else [])]
+               for m in [m for m in net.fc if isinstance(m, nn.Linear)] + [net.out] + ([net.cls] if net.cls is not None else [])]
     nodes = [n for n in graph.node if n.op_type == "Conv"], [n for n in graph.node if n.op_type == "Gemm"]
     assert len(nodes[0]) == len(convs) and len(nodes[1]) == len(linears)
     with torch.no_grad():

@@ -6,8 +6,7 @@ import sys
 
 import click
 
-# the exit codes of every fnet-* command (fnet.cli): all written, some refused by parity, usage, some not buildable
-EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_NO_CATALOG = 0, 1, 2, 3
+from ..runtime.constants import EXIT_NO_CATALOG, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE
 
 
 def _fail_usage(message: str) -> None:

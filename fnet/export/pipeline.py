@@ -83,10 +83,11 @@ def parity_inputs(grid: Grid, normalisation: dict, spectra: Sequence[str] = (), 
 
 
 def export_checkpoint(checkpoint: str | Path | Sequence[str | Path], out_dir: str | Path, *,
-                      precisions: Sequence[str] = ("fp32",), tensorrt: bool = False, parity_spectra: Sequence[str] = (), n_simulated: int = 256,
-                      model_version: str = "0.1.0", name: str | None = None, force: bool = False,
-                      max_batch: int = 256, fft: bool = True, calibrate_z_err: int = 0,
-                      class_z_range_spectra: int = 0, z_err_floor_kms: float = 0.0) -> list[ExportResult]:
+                      precisions: Sequence[str] = ("fp32",), tensorrt: bool = False,
+                      parity_spectra: Sequence[str] = (), n_simulated: int = 256, model_version: str = "0.1.0",
+                      name: str | None = None, force: bool = False, max_batch: int = 256, fft: bool = True,
+                      calibrate_z_err: int = 0, class_z_range_spectra: int = 0,
+                      z_err_floor_kms: float = 0.0) -> list[ExportResult]:
     """Export every requested artefact of a checkpoint (or of several, as one ensemble); each is written only if its
     parity check passes.
 
@@ -100,12 +101,9 @@ def export_checkpoint(checkpoint: str | Path | Sequence[str | Path], out_dir: st
     z_err_floor_kms: a velocity added to Z_ERR in quadrature (reference redshifts' own scatter, fitted on real spectra:
     benchmarks/z_err_floor.py); 0: none.
     """
-    if isinstance(checkpoint, (str, Path)) or len(checkpoint) == 1:
-        checkpoint = checkpoint if isinstance(checkpoint, (str, Path)) else checkpoint[0]
-        model, meta = load_model(checkpoint)
-    else:
-        model, meta = load_ensemble(checkpoint)
-        checkpoint = checkpoint[0]  # errors below name the first member (they share the recipe)
+    paths = [checkpoint] if isinstance(checkpoint, (str, Path)) else list(checkpoint)
+    model, meta = load_model(paths[0]) if len(paths) == 1 else load_ensemble(paths)
+    checkpoint = paths[0]  # errors below name it (an ensemble's members share the recipe)
     info = package_info(meta, model_version, name)
     data = (meta.get("config") or {}).get("data") or {}
     for option, n in (("--calibrate-z-err", calibrate_z_err), ("--fit-class-z-range", class_z_range_spectra)):

@@ -76,9 +76,11 @@ def fit_class_z_range(classes: list[str], simulator_class: str, simulator_option
     options, z range and sampling; a seed used nowhere else). No network and no real spectrum is involved.
     """
     sim = make_simulator(simulator_class, simulator_options, seed)
-    batches = list(_simulated_batches(sim, n, batch_size, seed, grid, normalisation, z_range, z_sampling))
-    z = np.concatenate([b[1] for b in batches])
-    kind = np.concatenate([np.asarray(b[2], dtype=object) for b in batches])
+    zs, kinds = [], []
+    for _x, z_batch, spectype in _simulated_batches(sim, n, batch_size, seed, grid, normalisation, z_range, z_sampling):
+        zs.append(z_batch)  # the inputs _x are not kept: 20,000 of them would hold ~90 MB for nothing
+        kinds.append(np.asarray(spectype, dtype=object))
+    z, kind = np.concatenate(zs), np.concatenate(kinds)
     counts = {c: int(np.sum(kind == c)) for c in classes}
     missing = [c for c in classes if counts[c] < 20]
     if missing:
